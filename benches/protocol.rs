@@ -1,0 +1,76 @@
+//! Decoders and encoders on the client and producer paths.
+
+use std::hint::black_box;
+
+use bytes::BytesMut;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use wsrelay::auth::Identity;
+use wsrelay::protocol::client::{plan, GroupLimits, Session};
+use wsrelay::protocol::{emit, frame};
+
+const KEY: [u8; 4] = [1, 2, 3, 4];
+
+fn codec(c: &mut Criterion) {
+    let mut g = c.benchmark_group("frame");
+    for size in [512usize, 2048, 5120] {
+        let payload = vec![b'a'; size];
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(format!("encode_server_text/{size}B"), |b| {
+            b.iter(|| frame::text_frame(black_box(&payload)))
+        });
+        let masked = frame::client::text_frame(&payload, KEY);
+        g.bench_function(format!("decode_client_text/{size}B"), |b| {
+            let mut dec = frame::Decoder::new(frame::Role::Server, 1 << 20);
+            b.iter(|| {
+                let mut buf = BytesMut::from(&masked[..]);
+                black_box(dec.decode(&mut buf).unwrap())
+            })
+        });
+    }
+    g.finish();
+}
+
+fn client_messages(c: &mut Criterion) {
+    let identity = Identity {
+        user_id: 1,
+        patterns: Some(vec!["job_events-*".into(), "jobs-status_changed".into()]),
+    };
+    let session = Session {
+        identity: &identity,
+        csrf_cookie: None,
+    };
+    let limits = GroupLimits {
+        max_groups: 1024,
+        max_group_name: 256,
+    };
+    let msg = br#"{"groups": {"jobs": ["status_changed"], "job_events": [42, 43, 44, 45]}, "xrftoken": "abc"}"#;
+    c.bench_function("client/plan_subscribe", |b| {
+        b.iter(|| {
+            let mut text = msg.to_vec();
+            black_box(plan(&mut text, session, limits))
+        })
+    });
+}
+
+fn emit_bodies(c: &mut Criterion) {
+    let event = format!(
+        r#"{{"group": "job_events-42", "payload": {{"stdout": "{}", "counter": 1}}}}"#,
+        "x".repeat(1000)
+    );
+    let body = format!("[{}]", vec![event; 100].join(","));
+    let mut g = c.benchmark_group("emit");
+    g.throughput(Throughput::Elements(100));
+    g.bench_function("parse_100x1KiB", |b| {
+        b.iter(|| {
+            black_box(
+                emit::parse(black_box(body.as_bytes()), 256, 100_000)
+                    .unwrap()
+                    .len(),
+            )
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, codec, client_messages, emit_bodies);
+criterion_main!(benches);

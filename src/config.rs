@@ -1,0 +1,387 @@
+//! Node configuration: plain data with documented defaults, loaded from
+//! flags, `WSRELAY_*` environment variables and a TOML file (in that order
+//! of precedence), and validated before anything binds.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::auth::Authenticator;
+use crate::fanout::{QueueLimits, SlowPolicy, MAX_WORKERS};
+
+/// Why a configuration was refused. Printed as is before the process exits.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error(
+        "refusing to start without client authentication: pass --jwt-secret S \
+         (HS256 tokens), or --dev-insecure for local development only"
+    )]
+    NoAuthenticator,
+    #[error("--jwt-secret and --dev-insecure exclude each other; choose one")]
+    TwoAuthenticators,
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    #[error("--workers must be at most {MAX_WORKERS}, got {0}")]
+    TooManyWorkers(usize),
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
+}
+
+/// Everything a node needs to run. `Default` gives a node on
+/// 127.0.0.1:8051 with no authenticator, which `validate` refuses.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address of the client, emit, health and metrics listener.
+    /// Default 127.0.0.1:8051, daphne's port in AWX.
+    pub listen: SocketAddr,
+    /// Worker threads, each with its own event loop and connections.
+    /// Default 0: one per available core.
+    pub workers: usize,
+    /// HS256 secret for client tokens. No default.
+    pub jwt_secret: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`, seconds. Default 30.
+    pub jwt_leeway_secs: u64,
+    /// Accept any non-empty token as user 0. Default off; loud when on.
+    pub dev_insecure: bool,
+    /// Bearer key of `POST /api/v1/emit`; without it the endpoint is 404.
+    pub emit_key: Option<String>,
+    /// Largest client message, bytes, after fragments are joined.
+    /// Default 64 KiB: a subscribe message with 1024 groups fits easily.
+    pub max_message_bytes: usize,
+    /// Groups one connection may hold. Default 1024.
+    pub max_groups: usize,
+    /// Longest group name, bytes. Default 256.
+    pub max_group_name: usize,
+    /// Websocket clients per node. Default 100,000.
+    pub max_connections: usize,
+    /// Per-connection outbound queue bound, bytes. Default 4 MiB: about
+    /// 2,000 typical 2 KiB job events, a few seconds of a busy job.
+    pub queue_bytes: usize,
+    /// Per-connection outbound queue bound, frames. Default 16,384.
+    pub queue_frames: usize,
+    /// What happens to a client whose queue is full. Default `disconnect`.
+    pub slow_policy: SlowPolicy,
+    /// Largest emit request body, bytes. Default 16 MiB.
+    pub max_emit_bytes: usize,
+    /// Most events in one emit request. Default 100,000.
+    pub max_emit_events: usize,
+    /// Largest HTTP request head, bytes. Default 16 KiB.
+    pub max_head_bytes: usize,
+    /// Event batches a worker's inbox holds before producers wait.
+    /// Default 1,024.
+    pub worker_inbox: usize,
+    /// Interval between server pings; a client that sends nothing for a
+    /// whole interval after a ping is closed. Default 20 s (AWX's
+    /// heartbeat).
+    pub ping_interval: Duration,
+    /// Time to receive a request head (and an emit body). Default 10 s.
+    pub request_timeout: Duration,
+    /// Time given to a close frame to reach a client before the socket
+    /// is dropped. Default 2 s.
+    pub close_timeout: Duration,
+    /// Time connections get to close on shutdown. Default 5 s.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8051)),
+            workers: 0,
+            jwt_secret: None,
+            jwt_leeway_secs: 30,
+            dev_insecure: false,
+            emit_key: None,
+            max_message_bytes: 64 * 1024,
+            max_groups: 1024,
+            max_group_name: 256,
+            max_connections: 100_000,
+            queue_bytes: 4 * 1024 * 1024,
+            queue_frames: 16 * 1024,
+            slow_policy: SlowPolicy::Disconnect,
+            max_emit_bytes: 16 * 1024 * 1024,
+            max_emit_events: 100_000,
+            max_head_bytes: 16 * 1024,
+            worker_inbox: 1024,
+            ping_interval: Duration::from_secs(20),
+            request_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Config {
+    /// Checks the values and builds the authenticator.
+    pub fn validate(&self) -> Result<Authenticator, ConfigError> {
+        let nonzero = [
+            (self.max_message_bytes, "max-message-bytes"),
+            (self.max_groups, "max-groups"),
+            (self.max_group_name, "max-group-name"),
+            (self.max_connections, "max-connections"),
+            (self.queue_bytes, "queue-bytes"),
+            (self.queue_frames, "queue-frames"),
+            (self.max_emit_bytes, "max-emit-bytes"),
+            (self.max_emit_events, "max-emit-events"),
+            (self.max_head_bytes, "max-head-bytes"),
+            (self.worker_inbox, "worker-inbox"),
+        ];
+        if let Some((_, name)) = nonzero.iter().find(|(v, _)| *v == 0) {
+            return Err(ConfigError::Zero(name));
+        }
+        if self.ping_interval.is_zero() {
+            return Err(ConfigError::Zero("ping-interval-ms"));
+        }
+        if self.worker_count() > MAX_WORKERS {
+            return Err(ConfigError::TooManyWorkers(self.workers));
+        }
+        if matches!(&self.emit_key, Some(k) if k.is_empty()) {
+            return Err(ConfigError::Empty("emit-key"));
+        }
+        match (&self.jwt_secret, self.dev_insecure) {
+            (Some(_), true) => Err(ConfigError::TwoAuthenticators),
+            (Some(s), false) if s.is_empty() => Err(ConfigError::Empty("jwt-secret")),
+            (Some(s), false) => Ok(Authenticator::Jwt {
+                secret: s.as_bytes().to_vec(),
+                leeway_secs: self.jwt_leeway_secs,
+            }),
+            (None, true) => Ok(Authenticator::DevInsecure),
+            (None, false) => Err(ConfigError::NoAuthenticator),
+        }
+    }
+
+    /// The number of workers after resolving 0 to the core count.
+    pub fn worker_count(&self) -> usize {
+        if self.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.workers
+        }
+    }
+
+    pub fn queue_limits(&self) -> QueueLimits {
+        QueueLimits {
+            max_bytes: self.queue_bytes,
+            max_frames: self.queue_frames,
+        }
+    }
+}
+
+/// The settable part of `Config`, every field optional, as flags (with an
+/// env fallback) and as TOML keys of the same names in snake case.
+#[derive(Debug, Clone, Default, clap::Args, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Listen address [default: 127.0.0.1:8051]
+    #[arg(long, env = "WSRELAY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Worker threads; 0 means one per core [default: 0]
+    #[arg(long, env = "WSRELAY_WORKERS")]
+    pub workers: Option<usize>,
+    /// HS256 secret that client tokens are signed with
+    #[arg(long, env = "WSRELAY_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Allowed clock skew on token exp/nbf, seconds [default: 30]
+    #[arg(long, env = "WSRELAY_JWT_LEEWAY_SECS")]
+    pub jwt_leeway_secs: Option<u64>,
+    /// DEVELOPMENT ONLY: accept any non-empty token as user 0
+    #[arg(long, env = "WSRELAY_DEV_INSECURE", num_args = 0..=1, default_missing_value = "true")]
+    pub dev_insecure: Option<bool>,
+    /// Bearer key for POST /api/v1/emit (the endpoint is 404 without it)
+    #[arg(long, env = "WSRELAY_EMIT_KEY", hide_env_values = true)]
+    pub emit_key: Option<String>,
+    /// Largest client message in bytes [default: 65536]
+    #[arg(long, env = "WSRELAY_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Groups per connection [default: 1024]
+    #[arg(long, env = "WSRELAY_MAX_GROUPS")]
+    pub max_groups: Option<usize>,
+    /// Longest group name in bytes [default: 256]
+    #[arg(long, env = "WSRELAY_MAX_GROUP_NAME")]
+    pub max_group_name: Option<usize>,
+    /// Websocket clients per node [default: 100000]
+    #[arg(long, env = "WSRELAY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Per-connection queue bound in bytes [default: 4194304]
+    #[arg(long, env = "WSRELAY_QUEUE_BYTES")]
+    pub queue_bytes: Option<usize>,
+    /// Per-connection queue bound in frames [default: 16384]
+    #[arg(long, env = "WSRELAY_QUEUE_FRAMES")]
+    pub queue_frames: Option<usize>,
+    /// Slow-consumer policy [default: disconnect]
+    #[arg(long, env = "WSRELAY_SLOW_POLICY", value_enum)]
+    pub slow_policy: Option<SlowPolicy>,
+    /// Largest emit body in bytes [default: 16777216]
+    #[arg(long, env = "WSRELAY_MAX_EMIT_BYTES")]
+    pub max_emit_bytes: Option<usize>,
+    /// Most events per emit request [default: 100000]
+    #[arg(long, env = "WSRELAY_MAX_EMIT_EVENTS")]
+    pub max_emit_events: Option<usize>,
+    /// Largest HTTP request head in bytes [default: 16384]
+    #[arg(long, env = "WSRELAY_MAX_HEAD_BYTES")]
+    pub max_head_bytes: Option<usize>,
+    /// Event batches a worker inbox holds [default: 1024]
+    #[arg(long, env = "WSRELAY_WORKER_INBOX")]
+    pub worker_inbox: Option<usize>,
+    /// Server ping interval in milliseconds [default: 20000]
+    #[arg(long, env = "WSRELAY_PING_INTERVAL_MS")]
+    pub ping_interval_ms: Option<u64>,
+    /// Request head/body timeout in milliseconds [default: 10000]
+    #[arg(long, env = "WSRELAY_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Close handshake timeout in milliseconds [default: 2000]
+    #[arg(long, env = "WSRELAY_CLOSE_TIMEOUT_MS")]
+    pub close_timeout_ms: Option<u64>,
+    /// Shutdown grace period in milliseconds [default: 5000]
+    #[arg(long, env = "WSRELAY_SHUTDOWN_GRACE_MS")]
+    pub shutdown_grace_ms: Option<u64>,
+}
+
+impl Settings {
+    /// Reads a TOML file of settings.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Field by field, `self` (flags and env) wins over `file`.
+    pub fn or(self, file: Settings) -> Settings {
+        macro_rules! merge {
+            ($($f:ident),* $(,)?) => { Settings { $($f: self.$f.or(file.$f)),* } };
+        }
+        merge!(
+            listen,
+            workers,
+            jwt_secret,
+            jwt_leeway_secs,
+            dev_insecure,
+            emit_key,
+            max_message_bytes,
+            max_groups,
+            max_group_name,
+            max_connections,
+            queue_bytes,
+            queue_frames,
+            slow_policy,
+            max_emit_bytes,
+            max_emit_events,
+            max_head_bytes,
+            worker_inbox,
+            ping_interval_ms,
+            request_timeout_ms,
+            close_timeout_ms,
+            shutdown_grace_ms,
+        )
+    }
+
+    /// Applies the settings over the defaults.
+    pub fn into_config(self) -> Config {
+        let d = Config::default();
+        let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
+        Config {
+            listen: self.listen.unwrap_or(d.listen),
+            workers: self.workers.unwrap_or(d.workers),
+            jwt_secret: self.jwt_secret,
+            jwt_leeway_secs: self.jwt_leeway_secs.unwrap_or(d.jwt_leeway_secs),
+            dev_insecure: self.dev_insecure.unwrap_or(d.dev_insecure),
+            emit_key: self.emit_key,
+            max_message_bytes: self.max_message_bytes.unwrap_or(d.max_message_bytes),
+            max_groups: self.max_groups.unwrap_or(d.max_groups),
+            max_group_name: self.max_group_name.unwrap_or(d.max_group_name),
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            queue_bytes: self.queue_bytes.unwrap_or(d.queue_bytes),
+            queue_frames: self.queue_frames.unwrap_or(d.queue_frames),
+            slow_policy: self.slow_policy.unwrap_or(d.slow_policy),
+            max_emit_bytes: self.max_emit_bytes.unwrap_or(d.max_emit_bytes),
+            max_emit_events: self.max_emit_events.unwrap_or(d.max_emit_events),
+            max_head_bytes: self.max_head_bytes.unwrap_or(d.max_head_bytes),
+            worker_inbox: self.worker_inbox.unwrap_or(d.worker_inbox),
+            ping_interval: ms(self.ping_interval_ms, d.ping_interval),
+            request_timeout: ms(self.request_timeout_ms, d.request_timeout),
+            close_timeout: ms(self.close_timeout_ms, d.close_timeout),
+            shutdown_grace: ms(self.shutdown_grace_ms, d.shutdown_grace),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_defaults_fill_the_rest() {
+        let file: Settings = toml::from_str(
+            "listen = \"0.0.0.0:9000\"\nworkers = 3\nslow_policy = \"drop-oldest\"\n",
+        )
+        .unwrap();
+        let flags = Settings {
+            workers: Some(2),
+            ..Settings::default()
+        };
+        let c = flags.or(file).into_config();
+        assert_eq!(c.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(c.workers, 2);
+        assert_eq!(c.slow_policy, SlowPolicy::DropOldest);
+        assert_eq!(c.max_groups, 1024);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let err = toml::from_str::<Settings>("listn = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn validation() {
+        let base = Config::default();
+        assert!(matches!(base.validate(), Err(ConfigError::NoAuthenticator)));
+        let both = Config {
+            jwt_secret: Some("s".into()),
+            dev_insecure: true,
+            ..Config::default()
+        };
+        assert!(matches!(
+            both.validate(),
+            Err(ConfigError::TwoAuthenticators)
+        ));
+        let zero = Config {
+            dev_insecure: true,
+            max_groups: 0,
+            ..Config::default()
+        };
+        assert!(matches!(
+            zero.validate(),
+            Err(ConfigError::Zero("max-groups"))
+        ));
+        let many = Config {
+            dev_insecure: true,
+            workers: 65,
+            ..Config::default()
+        };
+        assert!(matches!(
+            many.validate(),
+            Err(ConfigError::TooManyWorkers(65))
+        ));
+        let ok = Config {
+            jwt_secret: Some("secret".into()),
+            ..Config::default()
+        };
+        assert!(matches!(ok.validate(), Ok(Authenticator::Jwt { .. })));
+    }
+}

@@ -1,0 +1,178 @@
+use std::io::IoSlice;
+
+use super::*;
+
+const LIMITS: QueueLimits = QueueLimits {
+    max_bytes: 1 << 20,
+    max_frames: 64,
+};
+
+fn set(groups: &[&str]) -> BTreeSet<String> {
+    groups.iter().map(|s| s.to_string()).collect()
+}
+
+fn names(v: &[Arc<str>]) -> Vec<&str> {
+    let mut v: Vec<&str> = v.iter().map(|g| &**g).collect();
+    v.sort();
+    v
+}
+
+/// Everything queued for `id`, as written to a socket.
+fn drain(hub: &mut Hub, id: SubId) -> Vec<u8> {
+    let q = hub.queue_mut(id);
+    let mut out = Vec::new();
+    loop {
+        let mut buf = [IoSlice::new(&[]); 16];
+        let n = q.slices(&mut buf);
+        if n == 0 {
+            return out;
+        }
+        let total: usize = buf[..n].iter().map(|s| s.len()).sum();
+        for s in &buf[..n] {
+            out.extend_from_slice(s);
+        }
+        q.advance(total);
+    }
+}
+
+#[test]
+fn replace_semantics_and_route_transitions() {
+    let mut hub = Hub::new(LIMITS, SlowPolicy::Disconnect);
+    let (a, b) = (hub.insert(), hub.insert());
+    let mut delta = RouteDelta::default();
+    let c = hub.set_groups(a, set(&["x", "y"]), &mut delta);
+    assert_eq!((names(&c.joined), names(&c.left)), (vec!["x", "y"], vec![]));
+    assert_eq!(names(&delta.held), vec!["x", "y"]);
+
+    let mut delta = RouteDelta::default();
+    hub.set_groups(b, set(&["y", "z"]), &mut delta);
+    assert_eq!(names(&delta.held), vec!["z"], "y was already held here");
+
+    let mut delta = RouteDelta::default();
+    let c = hub.set_groups(a, set(&["y", "w"]), &mut delta);
+    assert_eq!((names(&c.joined), names(&c.left)), (vec!["w"], vec!["x"]));
+    assert_eq!(
+        (names(&delta.held), names(&delta.freed)),
+        (vec!["w"], vec!["x"])
+    );
+    assert_eq!(hub.groups_of(a).collect::<Vec<_>>(), vec!["w", "y"]);
+
+    let mut delta = RouteDelta::default();
+    hub.remove(a, &mut delta);
+    assert_eq!(names(&delta.freed), vec!["w"], "b still holds y");
+    let mut delta = RouteDelta::default();
+    hub.set_groups(b, set(&[]), &mut delta);
+    assert_eq!(names(&delta.freed), vec!["y", "z"]);
+    assert_eq!(hub.group_count(), 0);
+}
+
+#[test]
+fn every_subscriber_gets_every_event_once_in_order() {
+    // A deterministic sweep over subscriber/group layouts.
+    for subs in [1usize, 7, 50] {
+        let mut hub = Hub::new(LIMITS, SlowPolicy::Disconnect);
+        let ids: Vec<SubId> = (0..subs).map(|_| hub.insert()).collect();
+        let mut delta = RouteDelta::default();
+        for (i, &id) in ids.iter().enumerate() {
+            // Subscriber i holds g0 and, when odd, g1.
+            let groups = if i % 2 == 1 {
+                set(&["g0", "g1"])
+            } else {
+                set(&["g0"])
+            };
+            hub.set_groups(id, groups, &mut delta);
+        }
+        let mut stats = DeliveryStats::default();
+        let mut expected_odd = Vec::new();
+        let mut expected_even = Vec::new();
+        for n in 0..40u32 {
+            let group = if n % 3 == 0 { "g1" } else { "g0" };
+            let f = frame::text_frame(format!("{n}").as_bytes());
+            hub.deliver(group, &f, &mut stats, &mut delta);
+            expected_odd.extend_from_slice(&f);
+            if group == "g0" {
+                expected_even.extend_from_slice(&f);
+            }
+        }
+        hub.deliver(
+            "nobody",
+            &frame::text_frame(b"lost"),
+            &mut stats,
+            &mut delta,
+        );
+        for (i, &id) in ids.iter().enumerate() {
+            let want = if i % 2 == 1 {
+                &expected_odd
+            } else {
+                &expected_even
+            };
+            assert_eq!(&drain(&mut hub, id), want, "subs={subs} i={i}");
+        }
+        let odd = (subs / 2) as u64;
+        assert_eq!(stats.delivered, 26 * subs as u64 + 14 * odd);
+        assert_eq!(stats.dropped, 0);
+    }
+}
+
+#[test]
+fn a_slow_subscriber_is_closed_and_others_unaffected() {
+    let limits = QueueLimits {
+        max_bytes: 1 << 20,
+        max_frames: 4,
+    };
+    let mut hub = Hub::new(limits, SlowPolicy::Disconnect);
+    let (slow, fast) = (hub.insert(), hub.insert());
+    let mut delta = RouteDelta::default();
+    hub.set_groups(slow, set(&["g"]), &mut delta);
+    hub.set_groups(fast, set(&["g"]), &mut delta);
+    let mut stats = DeliveryStats::default();
+    let mut fast_got = Vec::new();
+    let mut delta = RouteDelta::default();
+    for n in 0..10 {
+        let f = frame::text_frame(format!("{n}").as_bytes());
+        hub.deliver("g", &f, &mut stats, &mut delta);
+        fast_got.extend_from_slice(&f);
+        // The fast one drains after every event.
+        assert_eq!(drain(&mut hub, fast), &f[..]);
+    }
+    assert_eq!(stats.slow_disconnects, 1);
+    // 4 queued then discarded, plus the 5th that did not fit; after the close
+    // the slow one is out of the group, so the rest are not its drops.
+    assert_eq!(stats.dropped, 5);
+    assert_eq!(stats.delivered, 10 + 4);
+    assert_eq!(
+        drain(&mut hub, slow),
+        &frame::close_frame(1013, "slow consumer")[..]
+    );
+    assert!(delta.freed.is_empty(), "fast still holds g");
+}
+
+#[test]
+fn writer_wakeups() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let count = Arc::new(Count(AtomicUsize::new(0)));
+    let waker = Waker::from(count.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut hub = Hub::new(LIMITS, SlowPolicy::Disconnect);
+    let id = hub.insert();
+    let mut delta = RouteDelta::default();
+    hub.set_groups(id, set(&["g"]), &mut delta);
+    assert!(hub.poll_pending(id, &mut cx).is_pending());
+    let mut stats = DeliveryStats::default();
+    let f = frame::text_frame(b"1");
+    hub.deliver("g", &f, &mut stats, &mut delta);
+    hub.deliver("g", &f, &mut stats, &mut delta);
+    assert_eq!(
+        count.0.load(Ordering::SeqCst),
+        1,
+        "one wake per empty->non-empty"
+    );
+    assert!(hub.poll_pending(id, &mut cx).is_ready());
+}

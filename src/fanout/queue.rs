@@ -1,0 +1,366 @@
+//! One subscriber's outbound queue of shared frames, bounded in bytes and
+//! count, drained by the connection writer in vectored writes.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use bytes::Bytes;
+
+use crate::protocol::{client, frame};
+
+/// What happens when an event does not fit in a subscriber's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlowPolicy {
+    /// Close the connection with 1013 "slow consumer" (the default: a UI
+    /// that misses events shows a wrong job log, so reconnecting and
+    /// reloading is the honest outcome).
+    #[default]
+    Disconnect,
+    /// Drop the oldest queued events to make room and tell the client how
+    /// many it lost with a `{"dropped": N}` message.
+    DropOldest,
+}
+
+/// Queue bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    pub max_bytes: usize,
+    pub max_frames: usize,
+}
+
+/// Outcome of offering an event to a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// Queued; `was_empty` tells the caller the writer needs a wake-up.
+    Queued { was_empty: bool },
+    /// Queued after dropping `dropped` older events (or the event itself was
+    /// dropped when it alone exceeds the bound; then `dropped` counts it).
+    DroppedOldest {
+        dropped: u64,
+        queued: bool,
+        was_empty: bool,
+    },
+    /// Did not fit under the `disconnect` policy; nothing was queued.
+    Overflow,
+    /// The queue is closing; the event was not queued.
+    Closed,
+}
+
+struct Entry {
+    bytes: Bytes,
+    /// Events may be dropped by `drop-oldest`; replies and control frames
+    /// never are.
+    is_event: bool,
+}
+
+/// A FIFO of frames with a partially written head.
+pub struct OutQueue {
+    entries: VecDeque<Entry>,
+    /// Bytes not yet written, over all entries.
+    bytes: usize,
+    /// How much of the front entry the socket has taken already.
+    front_written: usize,
+    /// Events dropped by `drop-oldest` and not yet told to the client.
+    dropped_untold: u64,
+    closing: bool,
+}
+
+impl Default for OutQueue {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl OutQueue {
+    pub fn new() -> Self {
+        Self {
+            entries: VecDeque::new(),
+            bytes: 0,
+            front_written: 0,
+            dropped_untold: 0,
+            closing: false,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.dropped_untold == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    /// True once a close frame was queued and everything up to it written.
+    pub fn is_closed_and_drained(&self) -> bool {
+        self.closing && self.entries.is_empty()
+    }
+
+    /// Offers a shared event frame.
+    pub fn push_event(&mut self, frame: &Bytes, limits: QueueLimits, policy: SlowPolicy) -> Push {
+        if self.closing {
+            return Push::Closed;
+        }
+        let was_empty = self.is_empty();
+        if self.fits(frame.len(), limits) {
+            self.push(frame.clone(), true);
+            return Push::Queued { was_empty };
+        }
+        match policy {
+            SlowPolicy::Disconnect => Push::Overflow,
+            SlowPolicy::DropOldest => {
+                let mut dropped = 0;
+                // Never drop the entry the socket is half-way through.
+                let mut i = usize::from(self.front_written > 0);
+                while !self.fits(frame.len(), limits) && i < self.entries.len() {
+                    if self.entries[i].is_event {
+                        let e = self.entries.remove(i).expect("index checked");
+                        self.bytes -= e.bytes.len();
+                        dropped += 1;
+                    } else {
+                        i += 1;
+                    }
+                }
+                let queued = self.fits(frame.len(), limits);
+                if queued {
+                    self.push(frame.clone(), true);
+                } else {
+                    dropped += 1;
+                }
+                self.dropped_untold += dropped;
+                Push::DroppedOldest {
+                    dropped,
+                    queued,
+                    was_empty,
+                }
+            }
+        }
+    }
+
+    fn fits(&self, len: usize, limits: QueueLimits) -> bool {
+        self.entries.len() < limits.max_frames && self.bytes + len <= limits.max_bytes
+    }
+
+    /// Queues a reply or control frame. These are small and caused by the
+    /// client itself, so they are not dropped; `false` means the queue is
+    /// past twice its byte bound (a client that sends but never reads) and
+    /// the caller must disconnect it.
+    pub fn push_control(&mut self, frame: Bytes, limits: QueueLimits) -> bool {
+        if self.closing {
+            return true;
+        }
+        if self.bytes + frame.len() > limits.max_bytes.saturating_mul(2) {
+            return false;
+        }
+        self.push(frame, false);
+        true
+    }
+
+    fn push(&mut self, bytes: Bytes, is_event: bool) {
+        self.bytes += bytes.len();
+        self.entries.push_back(Entry { bytes, is_event });
+    }
+
+    /// Discards everything not yet started, queues `close` as the last
+    /// frame and refuses further pushes. Returns how many events were
+    /// discarded, for the drop counters.
+    pub fn close(&mut self, close: Bytes) -> u64 {
+        if self.closing {
+            return 0;
+        }
+        let keep = usize::from(self.front_written > 0);
+        let mut discarded = 0;
+        for e in self.entries.drain(keep..) {
+            self.bytes -= e.bytes.len();
+            discarded += u64::from(e.is_event);
+        }
+        discarded += std::mem::take(&mut self.dropped_untold);
+        self.closing = true;
+        self.push(close, false);
+        discarded
+    }
+
+    /// Fills `out` with slices of the unwritten bytes, oldest first, and
+    /// returns how many it filled. A pending `{"dropped": N}` notice is put
+    /// at the front first (where the lost events were).
+    pub fn slices<'a>(&'a mut self, out: &mut [IoSlice<'a>]) -> usize {
+        if self.dropped_untold > 0 && self.front_written == 0 {
+            let notice = frame::text_frame(client::dropped_message(self.dropped_untold).as_bytes());
+            self.dropped_untold = 0;
+            self.bytes += notice.len();
+            self.entries.push_front(Entry {
+                bytes: notice,
+                is_event: false,
+            });
+        }
+        // With a notice owed behind a half-written head, finish the head
+        // alone so the notice goes exactly where the lost events were.
+        let limit = if self.dropped_untold > 0 {
+            1
+        } else {
+            out.len()
+        };
+        let mut n = 0;
+        for (i, e) in self.entries.iter().enumerate().take(limit.min(out.len())) {
+            let start = if i == 0 { self.front_written } else { 0 };
+            out[i] = IoSlice::new(&e.bytes[start..]);
+            n += 1;
+        }
+        n
+    }
+
+    /// Records that the socket took `written` bytes from the front.
+    pub fn advance(&mut self, mut written: usize) {
+        self.bytes -= written;
+        while written > 0 {
+            let front = self.entries.front().expect("advance past the queued bytes");
+            let left = front.bytes.len() - self.front_written;
+            if written < left {
+                self.front_written += written;
+                return;
+            }
+            written -= left;
+            self.front_written = 0;
+            self.entries.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: QueueLimits = QueueLimits {
+        max_bytes: 100,
+        max_frames: 3,
+    };
+
+    fn frame(n: usize) -> Bytes {
+        Bytes::from(vec![b'x'; n])
+    }
+
+    fn drain(q: &mut OutQueue) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let mut buf = [IoSlice::new(&[]); 8];
+            let n = q.slices(&mut buf);
+            if n == 0 {
+                return out;
+            }
+            let total: usize = buf[..n].iter().map(|s| s.len()).sum();
+            for s in &buf[..n] {
+                out.extend_from_slice(s);
+            }
+            q.advance(total);
+        }
+    }
+
+    #[test]
+    fn bounds_by_count_and_bytes() {
+        let mut q = OutQueue::new();
+        let d = SlowPolicy::Disconnect;
+        assert_eq!(
+            q.push_event(&frame(10), LIMITS, d),
+            Push::Queued { was_empty: true }
+        );
+        assert_eq!(
+            q.push_event(&frame(10), LIMITS, d),
+            Push::Queued { was_empty: false }
+        );
+        assert_eq!(q.push_event(&frame(90), LIMITS, d), Push::Overflow);
+        assert_eq!(
+            q.push_event(&frame(10), LIMITS, d),
+            Push::Queued { was_empty: false }
+        );
+        assert_eq!(q.push_event(&frame(1), LIMITS, d), Push::Overflow);
+        assert_eq!((q.len(), q.bytes()), (3, 30));
+    }
+
+    #[test]
+    fn partial_writes_resume_mid_frame() {
+        let mut q = OutQueue::new();
+        for b in [b"abc".as_slice(), b"de", b"f"] {
+            q.push_event(&Bytes::copy_from_slice(b), LIMITS, SlowPolicy::Disconnect);
+        }
+        q.advance(4);
+        let mut buf = [IoSlice::new(&[]); 8];
+        let n = q.slices(&mut buf);
+        let got: Vec<u8> = buf[..n].iter().flat_map(|s| s.iter().copied()).collect();
+        assert_eq!(got, b"ef");
+        assert_eq!(q.bytes(), 2);
+    }
+
+    #[test]
+    fn drop_oldest_keeps_the_partial_head_and_tells_the_client() {
+        let mut q = OutQueue::new();
+        let p = SlowPolicy::DropOldest;
+        for c in [b'a', b'b', b'c'] {
+            q.push_event(&Bytes::from(vec![c; 30]), LIMITS, p);
+        }
+        q.advance(5); // the socket has part of "a"
+        let pushed = q.push_event(&Bytes::from(vec![b'd'; 30]), LIMITS, p);
+        assert_eq!(
+            pushed,
+            Push::DroppedOldest {
+                dropped: 1,
+                queued: true,
+                was_empty: false
+            }
+        );
+        let out = drain(&mut q);
+        // The rest of "a", then the notice where "b" was, then the rest.
+        assert_eq!(&out[..25], &[b'a'; 25][..]);
+        let rest = &out[25..];
+        let notice = frame::text_frame(b"{\"dropped\": 1}");
+        assert_eq!(&rest[..notice.len()], &notice[..]);
+        let rest = &rest[notice.len()..];
+        assert_eq!(rest, [vec![b'c'; 30], vec![b'd'; 30]].concat());
+    }
+
+    #[test]
+    fn an_event_bigger_than_the_bound_is_itself_dropped() {
+        let mut q = OutQueue::new();
+        let pushed = q.push_event(&frame(101), LIMITS, SlowPolicy::DropOldest);
+        assert_eq!(
+            pushed,
+            Push::DroppedOldest {
+                dropped: 1,
+                queued: false,
+                was_empty: true
+            }
+        );
+        assert_eq!(q.len(), 0);
+        assert!(!q.is_empty(), "the notice is still owed");
+    }
+
+    #[test]
+    fn replies_are_not_dropped_and_close_discards_events() {
+        let mut q = OutQueue::new();
+        let p = SlowPolicy::DropOldest;
+        assert!(q.push_control(frame(10), LIMITS));
+        q.push_event(&frame(40), LIMITS, p);
+        q.push_event(&frame(40), LIMITS, p);
+        q.push_event(&frame(40), LIMITS, p); // drops one event, not the reply
+        assert_eq!(q.len(), 3);
+        assert_eq!(q.close(Bytes::from_static(b"CLOSE")), 3); // 2 events + 1 untold
+        assert_eq!(q.push_event(&frame(1), LIMITS, p), Push::Closed);
+        let out = drain(&mut q);
+        assert_eq!(out, b"CLOSE");
+        assert!(q.is_closed_and_drained());
+    }
+
+    #[test]
+    fn control_frames_are_bounded_too() {
+        let mut q = OutQueue::new();
+        assert!(q.push_control(frame(150), LIMITS));
+        assert!(!q.push_control(frame(60), LIMITS));
+    }
+}

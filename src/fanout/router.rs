@@ -1,0 +1,84 @@
+//! Hands events to the workers that hold their group: each frame is built
+//! once here and shared by reference from then on.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::routes::Routes;
+use crate::protocol::frame;
+
+/// One event as a worker receives it: the group and the complete server
+/// frame, shared with every other worker and subscriber that gets it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub group: Arc<str>,
+    pub frame: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("the relay is shutting down")]
+    ShuttingDown,
+}
+
+/// What `route` did, for metrics and the emit answer.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Routed {
+    /// Events accepted (all of them, including those no one subscribed to).
+    pub accepted: u64,
+    /// Events that no worker held a subscriber for.
+    pub unrouted: u64,
+}
+
+/// The emit side of the fan-out core, shared by every producer.
+pub struct Router {
+    routes: Arc<Routes>,
+    workers: Vec<mpsc::Sender<Vec<Event>>>,
+}
+
+impl Router {
+    pub fn new(routes: Arc<Routes>, workers: Vec<mpsc::Sender<Vec<Event>>>) -> Self {
+        Self { routes, workers }
+    }
+
+    /// Routes a batch of `(group, payload)` events in order. Waits when a
+    /// worker's inbox is full: producers feel back-pressure instead of the
+    /// relay buffering without bound.
+    pub async fn route<'a>(
+        &self,
+        events: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<Routed, RouteError> {
+        let mut per_worker: Vec<Vec<Event>> = vec![Vec::new(); self.workers.len()];
+        let mut routed = Routed::default();
+        {
+            let table = self.routes.load();
+            for (group, payload) in events {
+                routed.accepted += 1;
+                let Some((group, &mask)) = table.get_key_value(group) else {
+                    routed.unrouted += 1;
+                    continue;
+                };
+                let frame = frame::text_frame(payload);
+                let mut mask = mask;
+                while mask != 0 {
+                    let w = mask.trailing_zeros() as usize;
+                    mask &= mask - 1;
+                    if let Some(batch) = per_worker.get_mut(w) {
+                        batch.push(Event {
+                            group: group.clone(),
+                            frame: frame.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        for (tx, batch) in self.workers.iter().zip(per_worker) {
+            if !batch.is_empty() {
+                tx.send(batch).await.map_err(|_| RouteError::ShuttingDown)?;
+            }
+        }
+        Ok(routed)
+    }
+}

@@ -1,0 +1,29 @@
+//! wsrelay: a websocket group-fanout relay built for event floods, and a
+//! drop-in for AWX's websocket layer (daphne + channels + the relay).
+//!
+//! # Layout
+//! - [`protocol`]: wire formats (frames, HTTP heads, AWX client messages,
+//!   emit bodies). No I/O.
+//! - [`fanout`]: groups -> workers -> subscribers; frames built once and
+//!   shared; bounded queues. No I/O.
+//! - `transport`: worker threads, sockets, the per-connection state
+//!   machines.
+//! - [`ingest`]: producers (in-process, HTTP).
+//! - [`auth`], [`config`], [`metrics`]: boundaries and plain data.
+//! - [`server`]: the one place that wires the parts together.
+//! - [`client`], [`demo`]: a minimal websocket client and the storm demo.
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod fanout;
+pub mod ingest;
+pub mod metrics;
+pub mod protocol;
+pub mod server;
+mod transport;
+
+pub use config::Config;
+pub use ingest::Emitter;
+pub use server::{Node, StartError};

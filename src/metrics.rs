@@ -1,0 +1,269 @@
+//! Prometheus metrics, registered once at start and handed down. Every
+//! label value comes from a small closed set (never a group or a user id),
+//! and every handle is created here so the hot path only adds to atomics.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Why a client's connection attempt or message was refused; label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    AuthFailed,
+    ConnectionLimit,
+    BadUpgrade,
+}
+
+impl Refusal {
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::AuthFailed => "auth_failed",
+            Refusal::ConnectionLimit => "connection_limit",
+            Refusal::BadUpgrade => "bad_upgrade",
+        }
+    }
+}
+
+/// Kinds of client close the server initiated, as label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerClose {
+    ProtocolError,
+    TooBig,
+    InvalidUtf8,
+    Binary,
+    PingTimeout,
+    SlowConsumer,
+    Shutdown,
+}
+
+impl ServerClose {
+    const ALL: [ServerClose; 7] = [
+        ServerClose::ProtocolError,
+        ServerClose::TooBig,
+        ServerClose::InvalidUtf8,
+        ServerClose::Binary,
+        ServerClose::PingTimeout,
+        ServerClose::SlowConsumer,
+        ServerClose::Shutdown,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            ServerClose::ProtocolError => "protocol_error",
+            ServerClose::TooBig => "message_too_big",
+            ServerClose::InvalidUtf8 => "invalid_utf8",
+            ServerClose::Binary => "binary_frame",
+            ServerClose::PingTimeout => "ping_timeout",
+            ServerClose::SlowConsumer => "slow_consumer",
+            ServerClose::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// All of a node's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Websocket clients connected now, per worker.
+    pub connections: Vec<Gauge>,
+    /// Clients accepted (authenticated) since start.
+    pub accepted: Counter,
+    refused: [Counter; 3],
+    closes: [Counter; 7],
+    /// `{"error": ...}` replies sent to clients.
+    pub client_errors: Counter,
+    /// Events accepted from producers, by source.
+    pub events_in_http: Counter,
+    pub events_in_inproc: Counter,
+    /// Accepted events no local subscriber wanted.
+    pub events_unrouted: Counter,
+    /// Frames queued to subscribers.
+    pub deliveries: Counter,
+    /// Events lost to slow consumers (dropped or discarded on close).
+    pub dropped: Counter,
+    /// Emit requests by status class.
+    emit_requests: [Counter; 4],
+    /// Groups held, per worker.
+    pub groups: Vec<Gauge>,
+}
+
+impl Metrics {
+    /// Registers every metric for a node of `workers` workers using `io`.
+    pub fn new(workers: usize, io: &'static str) -> Self {
+        let mut registry = Registry::with_prefix("wsrelay");
+        let per_worker = |registry: &mut Registry, name: &str, help: &str| {
+            let fam = Family::<Labels, Gauge>::default();
+            registry.register(name, help, fam.clone());
+            (0..workers)
+                .map(|w| fam.get_or_create(&vec![("worker", w.to_string())]).clone())
+                .collect::<Vec<_>>()
+        };
+        let connections = per_worker(
+            &mut registry,
+            "connections",
+            "Websocket clients connected now",
+        );
+        let groups = per_worker(
+            &mut registry,
+            "groups",
+            "Distinct groups held by a worker's clients",
+        );
+
+        let info = Family::<Labels, Gauge>::default();
+        registry.register("info", "Node facts: the io driver", info.clone());
+        info.get_or_create(&vec![("io", io.to_owned())]).set(1);
+
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let accepted = counter(
+            &mut registry,
+            "clients_accepted",
+            "Clients authenticated and accepted",
+        );
+        let client_errors = counter(
+            &mut registry,
+            "client_errors",
+            "Error messages sent to clients",
+        );
+        let events_unrouted = counter(
+            &mut registry,
+            "events_unrouted",
+            "Accepted events that no client on this node subscribed to",
+        );
+        let deliveries = counter(
+            &mut registry,
+            "deliveries",
+            "Event frames queued to clients",
+        );
+        let dropped = counter(
+            &mut registry,
+            "events_dropped",
+            "Event frames lost to slow consumers (dropped oldest, or discarded when disconnected)",
+        );
+
+        let labelled = |registry: &mut Registry,
+                        name: &str,
+                        help: &str,
+                        key: &'static str,
+                        values: &[&str]| {
+            let fam = Family::<Labels, Counter>::default();
+            registry.register(name, help, fam.clone());
+            values
+                .iter()
+                .map(|v| fam.get_or_create(&vec![(key, (*v).to_owned())]).clone())
+                .collect::<Vec<_>>()
+        };
+        let refused = labelled(
+            &mut registry,
+            "clients_refused",
+            "Connection attempts refused",
+            "reason",
+            &["auth_failed", "connection_limit", "bad_upgrade"],
+        );
+        let closes = labelled(
+            &mut registry,
+            "server_closes",
+            "Client connections the server closed",
+            "reason",
+            &ServerClose::ALL.map(ServerClose::label),
+        );
+        let events_in = labelled(
+            &mut registry,
+            "events_in",
+            "Events accepted from producers",
+            "source",
+            &["http", "inproc"],
+        );
+        let emit_requests = labelled(
+            &mut registry,
+            "emit_requests",
+            "POST /api/v1/emit requests by status class",
+            "status",
+            &["2xx", "4xx", "5xx", "other"],
+        );
+
+        Self {
+            registry,
+            connections,
+            accepted,
+            refused: refused.try_into().expect("three reasons"),
+            closes: closes.try_into().expect("one per close kind"),
+            client_errors,
+            events_in_http: events_in[0].clone(),
+            events_in_inproc: events_in[1].clone(),
+            events_unrouted,
+            deliveries,
+            dropped,
+            emit_requests: emit_requests.try_into().expect("four classes"),
+            groups,
+        }
+    }
+
+    pub fn refused(&self, why: Refusal) -> &Counter {
+        let i = ["auth_failed", "connection_limit", "bad_upgrade"]
+            .iter()
+            .position(|l| *l == why.label())
+            .expect("every refusal has a counter");
+        &self.refused[i]
+    }
+
+    pub fn server_close(&self, why: ServerClose) -> &Counter {
+        let i = ServerClose::ALL
+            .iter()
+            .position(|c| *c == why)
+            .expect("every close kind has a counter");
+        &self.closes[i]
+    }
+
+    pub fn emit_request(&self, status: u16) -> &Counter {
+        &self.emit_requests[match status {
+            200..=299 => 0,
+            400..=499 => 1,
+            500..=599 => 2,
+            _ => 3,
+        }]
+    }
+
+    /// Websocket clients connected now, over all workers.
+    pub fn total_connections(&self) -> i64 {
+        self.connections.iter().map(Gauge::get).sum()
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_with_fixed_labels() {
+        let m = Metrics::new(2, "epoll");
+        m.deliveries.inc_by(5);
+        m.server_close(ServerClose::SlowConsumer).inc();
+        m.refused(Refusal::AuthFailed).inc();
+        m.connections[1].inc();
+        let text = m.render();
+        for line in [
+            "wsrelay_deliveries_total 5",
+            "wsrelay_server_closes_total{reason=\"slow_consumer\"} 1",
+            "wsrelay_clients_refused_total{reason=\"auth_failed\"} 1",
+            "wsrelay_connections{worker=\"1\"} 1",
+            "wsrelay_info{io=\"epoll\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert_eq!(m.total_connections(), 1);
+    }
+}

@@ -1,0 +1,299 @@
+//! The AWX client protocol (SPEC section 2): what a client's text message
+//! asks for and the JSON wsrelay answers with. Pure functions; the driver
+//! applies the plan to the fan-out tables and sends the replies.
+
+use std::collections::BTreeSet;
+
+use simd_json::prelude::*;
+use simd_json::BorrowedValue;
+
+use crate::auth::Identity;
+
+/// AWX's reply to a bad `xrftoken` or a non-list group value.
+pub const ACCESS_DENIED: &str = "access denied to channel";
+
+/// Bounds on what one client may ask for.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupLimits {
+    /// Groups one connection may hold at once.
+    pub max_groups: usize,
+    /// Longest accepted group name in bytes.
+    pub max_group_name: usize,
+}
+
+/// What the connection knows about its client when a message arrives.
+#[derive(Debug, Clone, Copy)]
+pub struct Session<'a> {
+    pub identity: &'a Identity,
+    /// The `csrftoken` cookie of the upgrade request; when present, every
+    /// message must carry an equal `xrftoken` (AWX's rule).
+    pub csrf_cookie: Option<&'a str>,
+}
+
+/// What to do with one client text message.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// `{"error": ...}` texts to send first, in order.
+    pub errors: Vec<String>,
+    /// The complete new subscription set, when the message replaces it.
+    pub subscribe: Option<BTreeSet<String>>,
+}
+
+impl Plan {
+    fn error(text: impl Into<String>) -> Self {
+        Plan {
+            errors: vec![text.into()],
+            subscribe: None,
+        }
+    }
+}
+
+/// Plans the answer to a client text message. `text` is parsed in place.
+pub fn plan(text: &mut [u8], session: Session<'_>, limits: GroupLimits) -> Plan {
+    let value = match simd_json::to_borrowed_value(text) {
+        Ok(v) => v,
+        Err(_) => return Plan::error("invalid json"),
+    };
+    let Some(msg) = value.as_object() else {
+        return Plan::error("message must be a json object");
+    };
+    if let Some(cookie) = session.csrf_cookie {
+        let xrf = msg.get("xrftoken").and_then(|v| v.as_str());
+        if !matches!(xrf, Some(t) if constant_time_eq(t.as_bytes(), cookie.as_bytes())) {
+            return Plan::error(ACCESS_DENIED);
+        }
+    }
+    let Some(groups) = msg.get("groups") else {
+        // AWX ignores messages without `groups`.
+        return Plan::default();
+    };
+    let Some(groups) = groups.as_object() else {
+        return Plan::error("groups must be an object");
+    };
+    // Validate every value before touching anything: AWX answers a non-list
+    // mid-way and loses track of the subscriptions; wsrelay keeps them.
+    if groups.values().any(|v| v.as_array().is_none()) {
+        return Plan::error(ACCESS_DENIED);
+    }
+    let mut plan = Plan::default();
+    let mut target = BTreeSet::new();
+    for (kind, ids) in groups.iter() {
+        for id in ids.as_array().into_iter().flatten() {
+            let Some(id) = group_id(id) else {
+                plan.errors.push(format!(
+                    "invalid resource id for channel {kind}: want an integer or a string"
+                ));
+                continue;
+            };
+            let name = format!("{kind}-{id}");
+            if name.len() > limits.max_group_name {
+                plan.errors.push(format!(
+                    "group name longer than {} bytes",
+                    limits.max_group_name
+                ));
+                continue;
+            }
+            if !session.identity.allows(&name) {
+                plan.errors.push(format!(
+                    "access denied to channel {kind} for resource id {id}"
+                ));
+                continue;
+            }
+            target.insert(name);
+        }
+    }
+    if target.len() > limits.max_groups {
+        return Plan::error(format!(
+            "too many groups: {} requested, limit {}",
+            target.len(),
+            limits.max_groups
+        ));
+    }
+    plan.subscribe = Some(target);
+    plan
+}
+
+/// Integers in decimal, strings as they are (AWX's `'{}-{}'.format`).
+fn group_id(v: &BorrowedValue<'_>) -> Option<String> {
+    if let Some(s) = v.as_str() {
+        return Some(s.to_owned());
+    }
+    if let Some(n) = v.as_i64() {
+        return Some(n.to_string());
+    }
+    v.as_u64().map(|n| n.to_string())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The first message after a successful upgrade.
+pub fn accept_message(user_id: u64) -> String {
+    format!(r#"{{"accept": true, "user": {user_id}}}"#)
+}
+
+/// Sent before closing an unauthenticated client (the AWX UI relies on it).
+pub const CLOSE_MESSAGE: &str = r#"{"close": true}"#;
+
+/// `{"error": "<text>"}`.
+pub fn error_message(text: &str) -> String {
+    serde_json::json!({ "error": text }).to_string()
+}
+
+/// Told to a `drop-oldest` client in place of the events it lost.
+pub fn dropped_message(count: u64) -> String {
+    format!(r#"{{"dropped": {count}}}"#)
+}
+
+/// The reply to a `groups` message.
+pub fn groups_reply<'a>(
+    current: impl IntoIterator<Item = &'a str>,
+    left: impl IntoIterator<Item = &'a str>,
+    joined: impl IntoIterator<Item = &'a str>,
+) -> String {
+    let list = |it: &mut dyn Iterator<Item = &'a str>| it.collect::<Vec<_>>();
+    serde_json::json!({
+        "groups_current": list(&mut current.into_iter()),
+        "groups_left": list(&mut left.into_iter()),
+        "groups_joined": list(&mut joined.into_iter()),
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: GroupLimits = GroupLimits {
+        max_groups: 4,
+        max_group_name: 32,
+    };
+
+    fn anyone() -> Identity {
+        Identity {
+            user_id: 1,
+            patterns: None,
+        }
+    }
+
+    fn check_with(identity: &Identity, cookie: Option<&str>, input: &str, expected: Plan) {
+        let mut bytes = input.as_bytes().to_vec();
+        let session = Session {
+            identity,
+            csrf_cookie: cookie,
+        };
+        assert_eq!(
+            plan(&mut bytes, session, LIMITS),
+            expected,
+            "input: {input}"
+        );
+    }
+
+    fn check(input: &str, expected: Plan) {
+        check_with(&anyone(), None, input, expected);
+    }
+
+    fn subscribe(groups: &[&str], errors: &[&str]) -> Plan {
+        Plan {
+            errors: errors.iter().map(|s| s.to_string()).collect(),
+            subscribe: Some(groups.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn groups_messages() {
+        check(
+            r#"{"groups": {"jobs": ["status_changed"], "job_events": [42, 43]}, "xrftoken": "x"}"#,
+            subscribe(
+                &["jobs-status_changed", "job_events-42", "job_events-43"],
+                &[],
+            ),
+        );
+        check(r#"{"groups": {}}"#, subscribe(&[], &[]));
+        check(r#"{"groups": {"jobs": []}}"#, subscribe(&[], &[]));
+        check(r#"{"xrftoken": "abc"}"#, Plan::default());
+        check(
+            r#"{"groups": {"job_events": [1, 2.5, true, "x"]}}"#,
+            subscribe(
+                &["job_events-1", "job_events-x"],
+                &[
+                    "invalid resource id for channel job_events: want an integer or a string",
+                    "invalid resource id for channel job_events: want an integer or a string",
+                ],
+            ),
+        );
+        check(
+            r#"{"groups": {"a": ["0123456789012345678901234567890123456789"]}}"#,
+            subscribe(&[], &["group name longer than 32 bytes"]),
+        );
+    }
+
+    #[test]
+    fn bad_messages_change_nothing() {
+        check("not json", Plan::error("invalid json"));
+        check("[1, 2]", Plan::error("message must be a json object"));
+        check(
+            r#"{"groups": [1]}"#,
+            Plan::error("groups must be an object"),
+        );
+        check(
+            r#"{"groups": {"jobs": ["status_changed"], "job_events": 42}}"#,
+            Plan::error(ACCESS_DENIED),
+        );
+        check(
+            r#"{"groups": {"g": [1, 2, 3, 4, 5]}}"#,
+            Plan::error("too many groups: 5 requested, limit 4"),
+        );
+    }
+
+    #[test]
+    fn per_resource_denial() {
+        let limited = Identity {
+            user_id: 3,
+            patterns: Some(vec!["job_events-4*".into()]),
+        };
+        check_with(
+            &limited,
+            None,
+            r#"{"groups": {"job_events": [42, 7], "jobs": ["status_changed"]}}"#,
+            subscribe(
+                &["job_events-42"],
+                &[
+                    "access denied to channel job_events for resource id 7",
+                    "access denied to channel jobs for resource id status_changed",
+                ],
+            ),
+        );
+    }
+
+    #[test]
+    fn xrftoken_rule_applies_only_with_a_cookie() {
+        let id = anyone();
+        let msg = r#"{"groups": {"jobs": ["x"]}, "xrftoken": "tok"}"#;
+        check_with(&id, Some("tok"), msg, subscribe(&["jobs-x"], &[]));
+        check_with(&id, Some("other"), msg, Plan::error(ACCESS_DENIED));
+        check_with(
+            &id,
+            Some("tok"),
+            r#"{"groups": {"jobs": ["x"]}}"#,
+            Plan::error(ACCESS_DENIED),
+        );
+        check_with(
+            &id,
+            None,
+            r#"{"groups": {"jobs": ["x"]}}"#,
+            subscribe(&["jobs-x"], &[]),
+        );
+    }
+
+    #[test]
+    fn reply_shapes() {
+        assert_eq!(accept_message(42), r#"{"accept": true, "user": 42}"#);
+        assert_eq!(
+            groups_reply(["a", "b"], ["c"], ["b"]),
+            r#"{"groups_current":["a","b"],"groups_joined":["b"],"groups_left":["c"]}"#
+        );
+        assert_eq!(error_message("x \"y\""), r#"{"error":"x \"y\""}"#);
+    }
+}

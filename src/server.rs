@@ -1,0 +1,170 @@
+//! The one place that wires a node together: config -> authenticator,
+//! metrics, routes, router, listeners and worker threads.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{Config, ConfigError};
+use crate::fanout::{Router, Routes};
+use crate::ingest::Emitter;
+use crate::metrics::Metrics;
+use crate::transport::{spawn_worker, NodeContext};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start a worker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running node. Dropping it shuts the node down.
+pub struct Node {
+    addr: SocketAddr,
+    emitter: Emitter,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Node {
+    /// Validates `config`, binds, and starts the workers. Returns once the
+    /// listeners are bound, so clients can connect right away.
+    pub fn start(config: Config) -> Result<Node, StartError> {
+        let auth = config.validate()?;
+        let workers = config.worker_count();
+        let io = "epoll";
+        if auth.is_insecure() {
+            tracing::warn!(
+                "DEV-INSECURE mode: every non-empty token is accepted as user 0. \
+                 Never run this way where anyone else can connect."
+            );
+        }
+        raise_fd_limit(config.max_connections);
+        let listeners = bind_listeners(config.listen, workers)?;
+        let addr = listeners[0]
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let metrics = Arc::new(Metrics::new(workers, io));
+        let routes = Arc::new(Routes::default());
+        let (senders, inboxes): (Vec<_>, Vec<_>) = (0..workers)
+            .map(|_| mpsc::channel(config.worker_inbox))
+            .unzip();
+        let router = Arc::new(Router::new(routes.clone(), senders));
+        let emitter = Emitter::new(router.clone(), metrics.clone(), config.max_group_name);
+        let ctx = Arc::new(NodeContext {
+            config,
+            auth,
+            metrics: metrics.clone(),
+            routes,
+            router,
+            ws_connections: AtomicUsize::new(0),
+            io,
+            workers,
+        });
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut threads = Vec::with_capacity(workers);
+        for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
+            let handle = spawn_worker(index, listener, inbox, ctx.clone(), shutdown_rx.clone())
+                .map_err(StartError::Thread)?;
+            threads.push(handle);
+        }
+        tracing::info!(%addr, workers, io, "wsrelay listening");
+        Ok(Node {
+            addr,
+            emitter,
+            metrics,
+            shutdown,
+            threads,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The in-process producer handle.
+    pub fn emitter(&self) -> Emitter {
+        self.emitter.clone()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Closes every client with 1001, waits up to the grace period, and
+    /// stops the workers.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.shutdown.send(true);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Each client costs a file descriptor; the common soft limit of 1024 would
+/// cap a node far below `max_connections`, so raise it to the hard limit.
+fn raise_fd_limit(max_connections: usize) {
+    let want = (max_connections as u64).saturating_add(1024);
+    match rlimit::increase_nofile_limit(want) {
+        Ok(got) if got < want => tracing::warn!(
+            limit = got,
+            max_connections,
+            "the open-files limit is below max-connections; raise it (ulimit -n)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
+}
+
+/// One listener per worker on the same address with SO_REUSEPORT, so the
+/// kernel spreads connections over workers. With port 0 the first bind
+/// picks the port and the others join it.
+fn bind_listeners(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, StartError> {
+    let mut out = Vec::with_capacity(n);
+    let mut addr_now = addr;
+    for _ in 0..n {
+        let bind = |a: SocketAddr| -> std::io::Result<std::net::TcpListener> {
+            let s = Socket::new(Domain::for_address(a), Type::STREAM, Some(Protocol::TCP))?;
+            s.set_reuse_address(true)?;
+            s.set_reuse_port(true)?;
+            s.set_nonblocking(true)?;
+            s.bind(&a.into())?;
+            s.listen(4096)?;
+            Ok(s.into())
+        };
+        let l = bind(addr_now).map_err(|source| StartError::Bind { addr, source })?;
+        if addr_now.port() == 0 {
+            addr_now = l
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?;
+        }
+        out.push(l);
+    }
+    Ok(out)
+}

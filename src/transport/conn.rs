@@ -1,0 +1,182 @@
+//! One accepted TCP connection: reads HTTP request heads and routes them to
+//! the websocket session, the emit endpoint, health or metrics. HTTP/1.1
+//! keep-alive is honoured for everything but the upgrade.
+
+use std::rc::Rc;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use super::worker::Worker;
+use super::{websocket, NodeContext};
+use crate::ingest::http as emit;
+use crate::protocol::http::{self, HttpError, RequestHead};
+
+pub(super) async fn serve(worker: Rc<Worker>, mut stream: TcpStream) {
+    let mut buf = BytesMut::with_capacity(4096);
+    let ctx = worker.ctx.clone();
+    let cfg = &ctx.config;
+    loop {
+        let head = match timeout(
+            cfg.request_timeout,
+            read_head(&mut stream, &mut buf, cfg.max_head_bytes),
+        )
+        .await
+        {
+            Ok(Ok(Some(head))) => head,
+            // A clean close between requests, or a reset: nothing to answer.
+            Ok(Ok(None)) | Ok(Err(ReadError::Io)) => return,
+            Ok(Err(ReadError::Http(e))) => {
+                let reply = http::error_response(e.status(), &e.to_string(), false);
+                return answer_and_close(stream, &reply).await;
+            }
+            Err(_elapsed) => {
+                if !buf.is_empty() {
+                    let reply = http::error_response(408, "request head timeout", false);
+                    answer_and_close(stream, &reply).await;
+                }
+                return;
+            }
+        };
+        buf.advance(head.len);
+        let reply = match (head.method.as_str(), head.path.as_str()) {
+            (_, "/websocket/" | "/api/websocket/" | "/websocket" | "/api/websocket")
+                if head.is_upgrade() =>
+            {
+                websocket::run(worker, stream, head, buf).await;
+                return;
+            }
+            (_, "/websocket/" | "/api/websocket/") => {
+                http::error_response(426, "this endpoint expects a websocket upgrade", false)
+            }
+            (_, "/api/v1/emit") => match emit_request(&ctx, &head, &mut stream, &mut buf).await {
+                Ok(reply) => reply,
+                Err(Some(reply)) => return answer_and_close(stream, &reply).await,
+                Err(None) => return,
+            },
+            ("GET", "/healthz") => healthz(&ctx, head.keep_alive()),
+            ("GET", "/metrics") => http::response(
+                200,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ctx.metrics.render().as_bytes(),
+                head.keep_alive(),
+            ),
+            _ => http::error_response(404, "not found", head.keep_alive()),
+        };
+        if !head.keep_alive() {
+            return answer_and_close(stream, &reply).await;
+        }
+        if stream.write_all(&reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Writes a final response and closes without losing it: closing a socket
+/// with unread request bytes makes the kernel send RST, which can destroy
+/// the response in flight. So: write, send FIN, then drain what the client
+/// still sends, bounded in time and bytes, before dropping the socket.
+pub(super) async fn answer_and_close(mut stream: TcpStream, reply: &[u8]) {
+    if stream.write_all(reply).await.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    let _ = timeout(std::time::Duration::from_secs(1), async {
+        let mut sink = [0u8; 4096];
+        let mut left = 1usize << 20;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+}
+
+/// Reads the body of an emit request (bounded by the checks in `ingest`),
+/// and returns the response. `Err(Some(reply))` is a final answer after
+/// which the connection closes; `Err(None)` means the client went away.
+async fn emit_request(
+    ctx: &NodeContext,
+    head: &RequestHead,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<Vec<u8>, Option<Vec<u8>>> {
+    let len = match emit::check(ctx, head) {
+        Ok(len) => len,
+        Err(reply) => {
+            ctx.metrics.emit_request(reply.status).inc();
+            // The body was not read, so the connection cannot be reused.
+            return Err(Some(reply.into_http(false)));
+        }
+    };
+    let read = async {
+        while buf.len() < len {
+            buf.reserve(len - buf.len());
+            if stream.read_buf(buf).await.ok()? == 0 {
+                return None;
+            }
+        }
+        Some(())
+    };
+    match timeout(ctx.config.request_timeout, read).await {
+        Ok(Some(())) => {}
+        Ok(None) => return Err(None),
+        Err(_) => {
+            return Err(Some(http::error_response(
+                408,
+                "request body timeout",
+                false,
+            )))
+        }
+    }
+    let body = buf.split_to(len);
+    let reply = emit::accept(ctx, &body).await;
+    ctx.metrics.emit_request(reply.status).inc();
+    Ok(reply.into_http(head.keep_alive()))
+}
+
+fn healthz(ctx: &NodeContext, keep_alive: bool) -> Vec<u8> {
+    let body = serde_json::json!({
+        "status": "ok",
+        "io": ctx.io,
+        "workers": ctx.workers,
+        "connections": ctx.metrics.total_connections(),
+    });
+    http::response(
+        200,
+        "application/json",
+        body.to_string().as_bytes(),
+        keep_alive,
+    )
+}
+
+pub(super) enum ReadError {
+    Http(HttpError),
+    Io,
+}
+
+/// Reads until `buf` starts with a whole request head. `Ok(None)` is a clean
+/// end of stream before any byte of a new request.
+pub(super) async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    max_head: usize,
+) -> Result<Option<RequestHead>, ReadError> {
+    loop {
+        if !buf.is_empty() {
+            if let Some(head) = http::parse_head(buf, max_head).map_err(ReadError::Http)? {
+                return Ok(Some(head));
+            }
+        }
+        buf.reserve(1024);
+        match stream.read_buf(buf).await {
+            Ok(0) if buf.is_empty() => return Ok(None),
+            Ok(0) => return Err(ReadError::Io),
+            Ok(_) => {}
+            Err(_) => return Err(ReadError::Io),
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! A websocket client session, from the upgrade to the last byte.
+//!
+//! Phases: (1) check the upgrade and the connection limit, answer 101;
+//! (2) authenticate; a refused client gets `{"close": true}` and close 1008
+//! (AWX's behaviour); (3) run the reader, the writer, the pinger and the
+//! close watchdog together until one of them ends the session; (4) flush a
+//! queued close frame within `close_timeout`; (5) leave the hub.
+
+use std::cell::Cell;
+use std::future::poll_fn;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+
+use super::conn;
+use super::worker::Worker;
+use crate::auth::Identity;
+use crate::fanout::{RouteDelta, SubId};
+use crate::metrics::{Refusal, ServerClose};
+use crate::protocol::client::{self as msg, GroupLimits};
+use crate::protocol::frame::{self, close_code, Decoder, Message, Role};
+use crate::protocol::http::{self, RequestHead};
+
+/// Frames handed to the kernel per vectored write.
+const IOVECS: usize = 64;
+
+pub(super) async fn run(
+    worker: Rc<Worker>,
+    mut stream: TcpStream,
+    head: RequestHead,
+    buf: BytesMut,
+) {
+    let ctx = worker.ctx.clone();
+    let m = &ctx.metrics;
+    let accept_key = match http::upgrade_accept_key(&head) {
+        Ok(k) => k,
+        Err(e) => {
+            m.refused(Refusal::BadUpgrade).inc();
+            let reply = http::error_response(400, &e.to_string(), false);
+            return conn::answer_and_close(stream, &reply).await;
+        }
+    };
+    let Some(_slot) = Slot::acquire(&ctx.ws_connections, ctx.config.max_connections) else {
+        m.refused(Refusal::ConnectionLimit).inc();
+        let reply = http::error_response(503, "connection limit reached", false);
+        return conn::answer_and_close(stream, &reply).await;
+    };
+    if stream
+        .write_all(&http::switching_protocols(&accept_key))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let token = head
+        .query_param("token")
+        .or_else(|| head.bearer().map(str::to_owned));
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let identity = match ctx.auth.authenticate(token.as_deref(), now) {
+        Ok(identity) => identity,
+        Err(e) => {
+            m.refused(Refusal::AuthFailed).inc();
+            tracing::info!(reason = %e, "client refused");
+            refuse(&mut stream, &format!("authentication failed: {e}"), &worker).await;
+            return;
+        }
+    };
+    if ctx.auth.is_insecure() {
+        tracing::warn!("DEV-INSECURE mode: accepted a client without verifying its token");
+    }
+    m.accepted.inc();
+    m.connections[worker.index].inc();
+    let id = worker.hub.borrow_mut().insert();
+    let session = Session {
+        worker: &worker,
+        id,
+        identity,
+        csrf_cookie: head.cookie("csrftoken").map(str::to_owned),
+    };
+    session.control(frame::text_frame(
+        msg::accept_message(session.identity.user_id).as_bytes(),
+    ));
+    session.drive(stream, buf).await;
+
+    let mut delta = RouteDelta::default();
+    worker.hub.borrow_mut().remove(id, &mut delta);
+    worker.publish(&delta);
+    m.connections[worker.index].dec();
+}
+
+/// AWX's answer to a client it will not serve: `{"close": true}`, then a
+/// close frame with code 1008 and the reason.
+async fn refuse(stream: &mut TcpStream, reason: &str, worker: &Worker) {
+    let mut out = frame::text_frame(msg::CLOSE_MESSAGE.as_bytes()).to_vec();
+    out.extend_from_slice(&frame::close_frame(close_code::POLICY_VIOLATION, reason));
+    if stream.write_all(&out).await.is_err() {
+        return;
+    }
+    // Give the client a moment to answer the close before the socket goes.
+    let _ = timeout(worker.ctx.config.close_timeout, async {
+        let mut sink = [0u8; 512];
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+/// A reserved place under the node's connection limit, given back on drop.
+struct Slot<'a>(&'a AtomicUsize);
+
+impl<'a> Slot<'a> {
+    fn acquire(count: &'a AtomicUsize, max: usize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(count))
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+struct Session<'w> {
+    worker: &'w Worker,
+    id: SubId,
+    identity: Identity,
+    csrf_cookie: Option<String>,
+}
+
+// === impl Session ===
+
+impl Session<'_> {
+    async fn drive(&self, mut stream: TcpStream, buf: BytesMut) {
+        let (mut rd, mut wr) = stream.split();
+        let last_heard = Cell::new(Instant::now());
+        tokio::select! {
+            () = self.read_loop(&mut rd, buf, &last_heard) => {}
+            _ = self.write_loop(&mut wr) => return,
+            () = self.ping_loop(&last_heard) => {}
+            () = self.close_watchdog() => return,
+        }
+        if self.is_closing() {
+            let _ = timeout(
+                self.worker.ctx.config.close_timeout,
+                self.write_loop(&mut wr),
+            )
+            .await;
+        }
+    }
+
+    fn is_closing(&self) -> bool {
+        self.worker.hub.borrow_mut().queue_mut(self.id).is_closing()
+    }
+
+    /// Queues a reply or control frame; a client that lets them pile up
+    /// past twice its queue bound is closed as a slow consumer.
+    fn control(&self, frame: bytes::Bytes) {
+        let ok = self.worker.hub.borrow_mut().push_control(self.id, frame);
+        if !ok {
+            self.close(
+                close_code::TRY_AGAIN_LATER,
+                "slow consumer",
+                ServerClose::SlowConsumer,
+            );
+        }
+    }
+
+    fn close(&self, code: u16, reason: &str, why: ServerClose) {
+        let mut delta = RouteDelta::default();
+        let discarded = self
+            .worker
+            .hub
+            .borrow_mut()
+            .close(self.id, code, reason, &mut delta);
+        self.worker.publish(&delta);
+        let m = &self.worker.ctx.metrics;
+        m.dropped.inc_by(discarded);
+        m.server_close(why).inc();
+    }
+
+    async fn read_loop<R: AsyncRead + Unpin>(
+        &self,
+        rd: &mut R,
+        mut buf: BytesMut,
+        last_heard: &Cell<Instant>,
+    ) {
+        let mut decoder = Decoder::new(Role::Server, self.worker.ctx.config.max_message_bytes);
+        loop {
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(message)) => {
+                        last_heard.set(Instant::now());
+                        if !self.on_message(message) {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let why = match e.code {
+                            close_code::MESSAGE_TOO_BIG => ServerClose::TooBig,
+                            close_code::INVALID_PAYLOAD => ServerClose::InvalidUtf8,
+                            _ => ServerClose::ProtocolError,
+                        };
+                        self.close(e.code, e.reason, why);
+                        return;
+                    }
+                }
+            }
+            if self.is_closing() {
+                return;
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(4096);
+            }
+            match rd.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Handles one message; `false` ends the reading side.
+    fn on_message(&self, message: Message) -> bool {
+        match message {
+            Message::Text(mut text) => {
+                self.on_text(&mut text);
+                true
+            }
+            Message::Binary(_) => {
+                self.close(
+                    close_code::UNSUPPORTED_DATA,
+                    "binary frames are not supported",
+                    ServerClose::Binary,
+                );
+                false
+            }
+            Message::Ping(payload) => {
+                self.control(frame::pong_frame(&payload));
+                true
+            }
+            Message::Pong(_) => true,
+            Message::Close(code, _) => {
+                // Echo a valid code back (RFC 6455 section 5.5.1).
+                let reply = match code {
+                    1005 => close_code::NORMAL,
+                    1000..=1003 | 1007..=1014 | 3000..=4999 => code,
+                    _ => close_code::PROTOCOL_ERROR,
+                };
+                let mut delta = RouteDelta::default();
+                self.worker
+                    .hub
+                    .borrow_mut()
+                    .close(self.id, reply, "", &mut delta);
+                self.worker.publish(&delta);
+                false
+            }
+        }
+    }
+
+    fn on_text(&self, text: &mut [u8]) {
+        let cfg = &self.worker.ctx.config;
+        let limits = GroupLimits {
+            max_groups: cfg.max_groups,
+            max_group_name: cfg.max_group_name,
+        };
+        let session = msg::Session {
+            identity: &self.identity,
+            csrf_cookie: self.csrf_cookie.as_deref(),
+        };
+        let plan = msg::plan(text, session, limits);
+        let m = &self.worker.ctx.metrics;
+        m.client_errors.inc_by(plan.errors.len() as u64);
+        for e in &plan.errors {
+            self.control(frame::text_frame(msg::error_message(e).as_bytes()));
+        }
+        let Some(target) = plan.subscribe else {
+            return;
+        };
+        let mut delta = RouteDelta::default();
+        let reply = {
+            let mut hub = self.worker.hub.borrow_mut();
+            let change = hub.set_groups(self.id, target, &mut delta);
+            msg::groups_reply(
+                hub.groups_of(self.id),
+                change.left.iter().map(|g| &**g),
+                change.joined.iter().map(|g| &**g),
+            )
+        };
+        // Routes first: once the client reads the reply, events emitted
+        // anywhere afterwards must reach it.
+        self.worker.publish(&delta);
+        self.control(frame::text_frame(reply.as_bytes()));
+    }
+
+    /// Writes queued frames until the queue's close frame is written.
+    async fn write_loop<W: AsyncWrite + Unpin>(&self, wr: &mut W) -> std::io::Result<()> {
+        poll_fn(|cx| loop {
+            let mut hub = self.worker.hub.borrow_mut();
+            if hub.queue_mut(self.id).is_closed_and_drained() {
+                return Poll::Ready(Ok(()));
+            }
+            if hub.poll_pending(self.id, cx).is_pending() {
+                return Poll::Pending;
+            }
+            let queue = hub.queue_mut(self.id);
+            let mut slices = [IoSlice::new(&[]); IOVECS];
+            let n = queue.slices(&mut slices);
+            match Pin::new(&mut *wr).poll_write_vectored(cx, &slices[..n]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(written)) => queue.advance(written),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Pings every interval; closes a client that stayed silent for a whole
+    /// interval after a ping.
+    async fn ping_loop(&self, last_heard: &Cell<Instant>) {
+        let interval = self.worker.ctx.config.ping_interval;
+        let mut ping_sent: Option<Instant> = None;
+        loop {
+            tokio::time::sleep(interval).await;
+            if matches!(ping_sent, Some(sent) if last_heard.get() < sent) {
+                self.close(
+                    close_code::GOING_AWAY,
+                    "ping timeout",
+                    ServerClose::PingTimeout,
+                );
+                return;
+            }
+            ping_sent = Some(Instant::now());
+            self.control(frame::ping_frame(b""));
+        }
+    }
+
+    /// Ends the session `close_timeout` after a close was queued by anyone
+    /// (this session, the delivery loop, shutdown), so a client that stopped
+    /// reading cannot hold the socket open.
+    async fn close_watchdog(&self) {
+        poll_fn(|cx| self.worker.hub.borrow_mut().poll_closing(self.id, cx)).await;
+        tokio::time::sleep(self.worker.ctx.config.close_timeout).await;
+    }
+}

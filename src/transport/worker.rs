@@ -1,0 +1,151 @@
+//! A worker thread: one current-thread tokio runtime, its own listener
+//! (SO_REUSEPORT spreads connections over workers), its own hub, and the
+//! inbox through which the router hands it events.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::LocalSet;
+
+use super::{conn, NodeContext};
+use crate::fanout::{DeliveryStats, Event, Hub, RouteDelta};
+use crate::metrics::ServerClose;
+use crate::protocol::frame::close_code;
+
+/// State owned by one worker thread.
+pub(crate) struct Worker {
+    pub index: usize,
+    pub hub: RefCell<Hub>,
+    pub ctx: Arc<NodeContext>,
+}
+
+impl Worker {
+    /// Publishes this worker's route changes and its group gauge.
+    pub fn publish(&self, delta: &RouteDelta) {
+        if delta.is_empty() {
+            return;
+        }
+        self.ctx.routes.apply(self.index, delta);
+        let groups = self.hub.borrow().group_count();
+        self.ctx.metrics.groups[self.index].set(groups as i64);
+    }
+}
+
+/// Starts worker `index` on its own thread.
+pub(crate) fn spawn_worker(
+    index: usize,
+    listener: std::net::TcpListener,
+    inbox: mpsc::Receiver<Vec<Event>>,
+    ctx: Arc<NodeContext>,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("wsrelay-worker-{index}"))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(worker = index, error = %e, "cannot build the worker runtime");
+                    return;
+                }
+            };
+            let hub = Hub::new(ctx.config.queue_limits(), ctx.config.slow_policy);
+            let worker = Rc::new(Worker {
+                index,
+                hub: RefCell::new(hub),
+                ctx,
+            });
+            LocalSet::new().block_on(&rt, run(worker, listener, inbox, shutdown));
+        })
+}
+
+async fn run(
+    worker: Rc<Worker>,
+    listener: std::net::TcpListener,
+    inbox: mpsc::Receiver<Vec<Event>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(worker = worker.index, error = %e, "cannot register the listener");
+            return;
+        }
+    };
+    tokio::task::spawn_local(deliver(worker.clone(), inbox));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::task::spawn_local(conn::serve(worker.clone(), stream));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead
+                    // of spinning on an error that will repeat.
+                    tracing::warn!(worker = worker.index, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    close_everyone(&worker).await;
+}
+
+/// Closes every client with 1001 and waits (bounded) for them to go.
+async fn close_everyone(worker: &Worker) {
+    let mut delta = RouteDelta::default();
+    let (closed, discarded) = {
+        let mut hub = worker.hub.borrow_mut();
+        let n = hub.len();
+        (
+            n,
+            hub.close_all(close_code::GOING_AWAY, "server shutting down", &mut delta),
+        )
+    };
+    worker.publish(&delta);
+    let m = &worker.ctx.metrics;
+    m.dropped.inc_by(discarded);
+    m.server_close(ServerClose::Shutdown).inc_by(closed as u64);
+    let deadline = tokio::time::Instant::now() + worker.ctx.config.shutdown_grace;
+    while !worker.hub.borrow().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Drains the inbox into the hub, a batch of batches at a time, and adds
+/// the counts to the metrics once per round rather than once per frame.
+async fn deliver(worker: Rc<Worker>, mut inbox: mpsc::Receiver<Vec<Event>>) {
+    let mut batches = Vec::with_capacity(64);
+    while inbox.recv_many(&mut batches, 64).await > 0 {
+        let mut stats = DeliveryStats::default();
+        let mut delta = RouteDelta::default();
+        {
+            let mut hub = worker.hub.borrow_mut();
+            for batch in batches.drain(..) {
+                for event in batch {
+                    hub.deliver(&event.group, &event.frame, &mut stats, &mut delta);
+                }
+            }
+        }
+        worker.publish(&delta);
+        let m = &worker.ctx.metrics;
+        m.deliveries.inc_by(stats.delivered);
+        if stats.dropped > 0 {
+            m.dropped.inc_by(stats.dropped);
+        }
+        if stats.slow_disconnects > 0 {
+            m.server_close(ServerClose::SlowConsumer)
+                .inc_by(stats.slow_disconnects);
+        }
+    }
+}

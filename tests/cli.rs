@@ -1,0 +1,177 @@
+//! The `wsrelay` binary: its refusal to run open, config precedence, the
+//! `emit` subcommand, and graceful shutdown on SIGTERM.
+
+mod support;
+
+use std::process::Stdio;
+
+use serde_json::json;
+use support::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wsrelay");
+
+fn clean_command() -> Command {
+    let mut c = Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("WSRELAY_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("RUST_LOG", "info").kill_on_drop(true);
+    c
+}
+
+#[tokio::test]
+async fn serve_refuses_to_run_without_an_authenticator() {
+    let out = clean_command()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refusing to start without client authentication"),
+        "{stderr}"
+    );
+    // A bad config file is refused with its path and the problem.
+    let dir = std::env::temp_dir().join(format!("wsrelay-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "listen = \"127.0.0.1:0\"\nwokers = 2\n").unwrap();
+    let out = clean_command()
+        .args(["serve", "--dev-insecure", "--config"])
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid config file") && stderr.contains("wokers"),
+        "{stderr}"
+    );
+}
+
+/// Starts `serve` and returns the child and the address it logged.
+async fn spawn_serve(cmd: &mut Command) -> (Child, std::net::SocketAddr) {
+    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("addr=").nth(1) {
+                return rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        }
+        panic!("serve exited before listening");
+    })
+    .await
+    .expect("serve logs its address");
+    // Keep draining stderr so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+#[tokio::test]
+async fn flags_beat_env_beat_file_and_emit_and_sigterm_work() {
+    let dir = std::env::temp_dir().join(format!("wsrelay-cli-ok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("node.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:0\"\nworkers = 1\nemit_key = \"from-file\"\njwt_secret = \"file-secret\"\n",
+    )
+    .unwrap();
+    let (mut child, addr) = spawn_serve(
+        clean_command()
+            .args(["serve", "--workers", "2", "--config"])
+            .arg(&file)
+            .env("WSRELAY_WORKERS", "3")
+            .env("WSRELAY_JWT_SECRET", SECRET),
+    )
+    .await;
+    // workers: the flag (2) beat env (3) and file (1).
+    let (_, body) = http(addr, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["workers"], 2);
+    // jwt_secret: env beat the file (our token is signed with SECRET).
+    let mut ws = connect(addr, &token(5)).await;
+    subscribe(&mut ws, json!({"jobs": ["status_changed"]})).await;
+    // emit_key: from the file, through the emit subcommand.
+    let out = clean_command()
+        .args([
+            "emit",
+            "--url",
+            &format!("http://{addr}"),
+            "--key",
+            "from-file",
+        ])
+        .args([
+            "--group",
+            "jobs-status_changed",
+            "--data",
+            r#"{"status": "running"}"#,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"accepted": 1}"#
+    );
+    assert_eq!(next_text(&mut ws).await, r#"{"status": "running"}"#);
+    // A wrong key is reported with the status and reason, exit 1.
+    let out = clean_command()
+        .args(["emit", "--url", &format!("http://{addr}"), "--key", "nope"])
+        .args(["--group", "g", "--data", "1"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+
+    // SIGTERM: clients get 1001 and the process exits cleanly.
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert_eq!(
+        next_close(&mut ws).await,
+        (CloseCode::Away, "server shutting down".to_owned())
+    );
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn dev_insecure_says_so_loudly() {
+    let mut child = clean_command()
+        .args(["serve", "--dev-insecure", "--listen", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        first.contains("WARN") && first.contains("DEV-INSECURE"),
+        "{first}"
+    );
+    child.kill().await.unwrap();
+}
