@@ -37,6 +37,19 @@ pub enum ConfigError {
     Empty(&'static str),
 }
 
+/// Which I/O driver the workers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IoMode {
+    /// io_uring when the kernel allows it, else epoll (one log line says so).
+    #[default]
+    Auto,
+    /// io_uring or refuse to start, with the reason.
+    Uring,
+    /// epoll through tokio.
+    Epoll,
+}
+
 /// Everything a node needs to run. `Default` gives a node on
 /// 127.0.0.1:8051 with no authenticator, which `validate` refuses.
 #[derive(Debug, Clone)]
@@ -47,6 +60,8 @@ pub struct Config {
     /// Worker threads, each with its own event loop and connections.
     /// Default 0: one per available core.
     pub workers: usize,
+    /// I/O driver. Default `auto`.
+    pub io: IoMode,
     /// HS256 secret for client tokens. No default.
     pub jwt_secret: Option<String>,
     /// Clock skew allowed on `exp` and `nbf`, seconds. Default 30.
@@ -98,6 +113,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8051)),
             workers: 0,
+            io: IoMode::Auto,
             jwt_secret: None,
             jwt_leeway_secs: 30,
             dev_insecure: false,
@@ -188,6 +204,9 @@ pub struct Settings {
     /// Worker threads; 0 means one per core [default: 0]
     #[arg(long, env = "WSRELAY_WORKERS")]
     pub workers: Option<usize>,
+    /// I/O driver: auto (io_uring if available, else epoll), uring, epoll [default: auto]
+    #[arg(long, env = "WSRELAY_IO", value_enum)]
+    pub io: Option<IoMode>,
     /// HS256 secret that client tokens are signed with
     #[arg(long, env = "WSRELAY_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -268,6 +287,7 @@ impl Settings {
         merge!(
             listen,
             workers,
+            io,
             jwt_secret,
             jwt_leeway_secs,
             dev_insecure,
@@ -297,6 +317,7 @@ impl Settings {
         Config {
             listen: self.listen.unwrap_or(d.listen),
             workers: self.workers.unwrap_or(d.workers),
+            io: self.io.unwrap_or(d.io),
             jwt_secret: self.jwt_secret,
             jwt_leeway_secs: self.jwt_leeway_secs.unwrap_or(d.jwt_leeway_secs),
             dev_insecure: self.dev_insecure.unwrap_or(d.dev_insecure),

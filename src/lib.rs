@@ -27,3 +27,4 @@ mod transport;
 pub use config::Config;
 pub use ingest::Emitter;
 pub use server::{Node, StartError};
+pub use transport::{probe_uring, Io, DISABLE_URING_ENV};

@@ -13,7 +13,7 @@ use crate::config::{Config, ConfigError};
 use crate::fanout::{Router, Routes};
 use crate::ingest::Emitter;
 use crate::metrics::Metrics;
-use crate::transport::{spawn_worker, NodeContext};
+use crate::transport::{self, spawn_worker, NodeContext};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -25,8 +25,10 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot start a worker thread: {0}")]
+    #[error("cannot start a worker: {0}")]
     Thread(std::io::Error),
+    #[error("--io uring: io_uring is unavailable here: {0}")]
+    Uring(std::io::Error),
 }
 
 /// A running node. Dropping it shuts the node down.
@@ -44,7 +46,7 @@ impl Node {
     pub fn start(config: Config) -> Result<Node, StartError> {
         let auth = config.validate()?;
         let workers = config.worker_count();
-        let io = "epoll";
+        let io = transport::choose(config.io).map_err(StartError::Uring)?;
         if auth.is_insecure() {
             tracing::warn!(
                 "DEV-INSECURE mode: every non-empty token is accepted as user 0. \
@@ -59,7 +61,7 @@ impl Node {
                 addr: config.listen,
                 source,
             })?;
-        let metrics = Arc::new(Metrics::new(workers, io));
+        let metrics = Arc::new(Metrics::new(workers, io.name()));
         let routes = Arc::new(Routes::default());
         let (senders, inboxes): (Vec<_>, Vec<_>) = (0..workers)
             .map(|_| mpsc::channel(config.worker_inbox))
@@ -83,7 +85,7 @@ impl Node {
                 .map_err(StartError::Thread)?;
             threads.push(handle);
         }
-        tracing::info!(%addr, workers, io, "wsrelay listening");
+        tracing::info!(%addr, workers, io = io.name(), "wsrelay listening");
         Ok(Node {
             addr,
             emitter,

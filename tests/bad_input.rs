@@ -182,7 +182,7 @@ async fn bad_http_and_upgrades() {
     let health: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         health,
-        json!({"status": "ok", "io": "epoll", "workers": 2, "connections": 2})
+        json!({"status": "ok", "io": io_name(), "workers": 2, "connections": 2})
     );
 }
 

@@ -2,7 +2,6 @@
 //! count, drained by the connection writer in vectored writes.
 
 use std::collections::VecDeque;
-use std::io::IoSlice;
 
 use bytes::Bytes;
 
@@ -61,6 +60,9 @@ pub struct OutQueue {
     bytes: usize,
     /// How much of the front entry the socket has taken already.
     front_written: usize,
+    /// Entries at the front handed to the socket by `batch` and not yet
+    /// settled by `advance`: they must not be dropped or discarded.
+    in_flight: usize,
     /// Events dropped by `drop-oldest` and not yet told to the client.
     dropped_untold: u64,
     closing: bool,
@@ -78,9 +80,16 @@ impl OutQueue {
             entries: VecDeque::new(),
             bytes: 0,
             front_written: 0,
+            in_flight: 0,
             dropped_untold: 0,
             closing: false,
         }
+    }
+
+    /// Entries at the front that must stay: those in flight, or a head the
+    /// socket has taken part of.
+    fn pinned(&self) -> usize {
+        self.in_flight.max(usize::from(self.front_written > 0))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -118,8 +127,8 @@ impl OutQueue {
             SlowPolicy::Disconnect => Push::Overflow,
             SlowPolicy::DropOldest => {
                 let mut dropped = 0;
-                // Never drop the entry the socket is half-way through.
-                let mut i = usize::from(self.front_written > 0);
+                // Never drop what the socket has (partly) taken.
+                let mut i = self.pinned();
                 while !self.fits(frame.len(), limits) && i < self.entries.len() {
                     if self.entries[i].is_event {
                         let e = self.entries.remove(i).expect("index checked");
@@ -176,7 +185,7 @@ impl OutQueue {
         if self.closing {
             return 0;
         }
-        let keep = usize::from(self.front_written > 0);
+        let keep = self.pinned();
         let mut discarded = 0;
         for e in self.entries.drain(keep..) {
             self.bytes -= e.bytes.len();
@@ -188,10 +197,13 @@ impl OutQueue {
         discarded
     }
 
-    /// Fills `out` with slices of the unwritten bytes, oldest first, and
-    /// returns how many it filled. A pending `{"dropped": N}` notice is put
-    /// at the front first (where the lost events were).
-    pub fn slices<'a>(&'a mut self, out: &mut [IoSlice<'a>]) -> usize {
+    /// Fills `out` (cleared first) with handles to the unwritten frames,
+    /// oldest first, at most `max`; the head is sliced past what was already
+    /// written. Handles are reference counts: no payload byte is copied. A
+    /// pending `{"dropped": N}` notice is put first, where the lost events
+    /// were.
+    pub fn batch(&mut self, out: &mut Vec<Bytes>, max: usize) {
+        out.clear();
         if self.dropped_untold > 0 && self.front_written == 0 {
             let notice = frame::text_frame(client::dropped_message(self.dropped_untold).as_bytes());
             self.dropped_untold = 0;
@@ -203,22 +215,21 @@ impl OutQueue {
         }
         // With a notice owed behind a half-written head, finish the head
         // alone so the notice goes exactly where the lost events were.
-        let limit = if self.dropped_untold > 0 {
-            1
-        } else {
-            out.len()
-        };
-        let mut n = 0;
-        for (i, e) in self.entries.iter().enumerate().take(limit.min(out.len())) {
-            let start = if i == 0 { self.front_written } else { 0 };
-            out[i] = IoSlice::new(&e.bytes[start..]);
-            n += 1;
+        let max = if self.dropped_untold > 0 { 1 } else { max };
+        for (i, e) in self.entries.iter().enumerate().take(max) {
+            if i == 0 && self.front_written > 0 {
+                out.push(e.bytes.slice(self.front_written..));
+            } else {
+                out.push(e.bytes.clone());
+            }
         }
-        n
+        self.in_flight = out.len();
     }
 
-    /// Records that the socket took `written` bytes from the front.
+    /// Records that the socket took `written` bytes from the front; settles
+    /// the batch in flight.
     pub fn advance(&mut self, mut written: usize) {
+        self.in_flight = 0;
         self.bytes -= written;
         while written > 0 {
             let front = self.entries.front().expect("advance past the queued bytes");
@@ -249,14 +260,14 @@ mod tests {
 
     fn drain(q: &mut OutQueue) -> Vec<u8> {
         let mut out = Vec::new();
+        let mut batch = Vec::new();
         loop {
-            let mut buf = [IoSlice::new(&[]); 8];
-            let n = q.slices(&mut buf);
-            if n == 0 {
+            q.batch(&mut batch, 8);
+            if batch.is_empty() {
                 return out;
             }
-            let total: usize = buf[..n].iter().map(|s| s.len()).sum();
-            for s in &buf[..n] {
+            let total: usize = batch.iter().map(|s| s.len()).sum();
+            for s in &batch {
                 out.extend_from_slice(s);
             }
             q.advance(total);
@@ -291,9 +302,9 @@ mod tests {
             q.push_event(&Bytes::copy_from_slice(b), LIMITS, SlowPolicy::Disconnect);
         }
         q.advance(4);
-        let mut buf = [IoSlice::new(&[]); 8];
-        let n = q.slices(&mut buf);
-        let got: Vec<u8> = buf[..n].iter().flat_map(|s| s.iter().copied()).collect();
+        let mut batch = Vec::new();
+        q.batch(&mut batch, 8);
+        let got: Vec<u8> = batch.iter().flat_map(|s| s.iter().copied()).collect();
         assert_eq!(got, b"ef");
         assert_eq!(q.bytes(), 2);
     }
@@ -355,6 +366,32 @@ mod tests {
         let out = drain(&mut q);
         assert_eq!(out, b"CLOSE");
         assert!(q.is_closed_and_drained());
+    }
+
+    #[test]
+    fn frames_in_flight_are_never_dropped_or_discarded() {
+        let mut q = OutQueue::new();
+        let p = SlowPolicy::DropOldest;
+        for c in [b'a', b'b', b'c'] {
+            q.push_event(&Bytes::from(vec![c; 30]), LIMITS, p);
+        }
+        let mut batch = Vec::new();
+        q.batch(&mut batch, 2); // "a" and "b" go to the socket
+                                // While they are in flight, making room drops "c", not them.
+        q.push_event(&Bytes::from(vec![b'd'; 30]), LIMITS, p);
+        q.advance(60);
+        let out = drain(&mut q);
+        let notice = frame::text_frame(b"{\"dropped\": 1}");
+        assert_eq!(out, [&notice[..], &[b'd'; 30][..]].concat());
+
+        // Close keeps the in-flight frames so the socket's count stays true.
+        let mut q = OutQueue::new();
+        q.push_event(&frame(10), LIMITS, p);
+        q.push_event(&frame(10), LIMITS, p);
+        q.batch(&mut batch, 8);
+        assert_eq!(q.close(Bytes::from_static(b"C")), 0);
+        q.advance(20);
+        assert_eq!(drain(&mut q), b"C");
     }
 
     #[test]

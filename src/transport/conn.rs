@@ -3,25 +3,30 @@
 //! keep-alive is honoured for everything but the upgrade.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+use super::stream::Stream;
 use super::worker::Worker;
 use super::{websocket, NodeContext};
 use crate::ingest::http as emit;
 use crate::protocol::http::{self, HttpError, RequestHead};
 
-pub(super) async fn serve(worker: Rc<Worker>, mut stream: TcpStream) {
+pub(super) async fn serve<S: Stream>(worker: Rc<Worker>, stream: S) {
+    serve_requests(worker, &stream).await;
+    stream.shutdown_all();
+}
+
+async fn serve_requests<S: Stream>(worker: Rc<Worker>, stream: &S) {
     let mut buf = BytesMut::with_capacity(4096);
     let ctx = worker.ctx.clone();
     let cfg = &ctx.config;
     loop {
         let head = match timeout(
             cfg.request_timeout,
-            read_head(&mut stream, &mut buf, cfg.max_head_bytes),
+            read_head(stream, &mut buf, cfg.max_head_bytes),
         )
         .await
         {
@@ -30,12 +35,12 @@ pub(super) async fn serve(worker: Rc<Worker>, mut stream: TcpStream) {
             Ok(Ok(None)) | Ok(Err(ReadError::Io)) => return,
             Ok(Err(ReadError::Http(e))) => {
                 let reply = http::error_response(e.status(), &e.to_string(), false);
-                return answer_and_close(stream, &reply).await;
+                return answer_and_close(stream, reply).await;
             }
             Err(_elapsed) => {
                 if !buf.is_empty() {
                     let reply = http::error_response(408, "request head timeout", false);
-                    answer_and_close(stream, &reply).await;
+                    answer_and_close(stream, reply).await;
                 }
                 return;
             }
@@ -51,9 +56,9 @@ pub(super) async fn serve(worker: Rc<Worker>, mut stream: TcpStream) {
             (_, "/websocket/" | "/api/websocket/") => {
                 http::error_response(426, "this endpoint expects a websocket upgrade", false)
             }
-            (_, "/api/v1/emit") => match emit_request(&ctx, &head, &mut stream, &mut buf).await {
+            (_, "/api/v1/emit") => match emit_request(&ctx, &head, stream, &mut buf).await {
                 Ok(reply) => reply,
-                Err(Some(reply)) => return answer_and_close(stream, &reply).await,
+                Err(Some(reply)) => return answer_and_close(stream, reply).await,
                 Err(None) => return,
             },
             ("GET", "/healthz") => healthz(&ctx, head.keep_alive()),
@@ -66,9 +71,9 @@ pub(super) async fn serve(worker: Rc<Worker>, mut stream: TcpStream) {
             _ => http::error_response(404, "not found", head.keep_alive()),
         };
         if !head.keep_alive() {
-            return answer_and_close(stream, &reply).await;
+            return answer_and_close(stream, reply).await;
         }
-        if stream.write_all(&reply).await.is_err() {
+        if stream.write_all(reply).await.is_err() {
             return;
         }
     }
@@ -78,14 +83,15 @@ pub(super) async fn serve(worker: Rc<Worker>, mut stream: TcpStream) {
 /// with unread request bytes makes the kernel send RST, which can destroy
 /// the response in flight. So: write, send FIN, then drain what the client
 /// still sends, bounded in time and bytes, before dropping the socket.
-pub(super) async fn answer_and_close(mut stream: TcpStream, reply: &[u8]) {
-    if stream.write_all(reply).await.is_err() || stream.shutdown().await.is_err() {
+pub(super) async fn answer_and_close<S: Stream>(stream: &S, reply: Vec<u8>) {
+    if stream.write_all(reply).await.is_err() || stream.shutdown_write().is_err() {
         return;
     }
-    let _ = timeout(std::time::Duration::from_secs(1), async {
-        let mut sink = [0u8; 4096];
+    let _ = timeout(Duration::from_secs(1), async {
+        let mut sink = BytesMut::with_capacity(4096);
         let mut left = 1usize << 20;
         while left > 0 {
+            sink.clear();
             match stream.read(&mut sink).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => left = left.saturating_sub(n),
@@ -98,10 +104,10 @@ pub(super) async fn answer_and_close(mut stream: TcpStream, reply: &[u8]) {
 /// Reads the body of an emit request (bounded by the checks in `ingest`),
 /// and returns the response. `Err(Some(reply))` is a final answer after
 /// which the connection closes; `Err(None)` means the client went away.
-async fn emit_request(
+async fn emit_request<S: Stream>(
     ctx: &NodeContext,
     head: &RequestHead,
-    stream: &mut TcpStream,
+    stream: &S,
     buf: &mut BytesMut,
 ) -> Result<Vec<u8>, Option<Vec<u8>>> {
     let len = match emit::check(ctx, head) {
@@ -115,7 +121,7 @@ async fn emit_request(
     let read = async {
         while buf.len() < len {
             buf.reserve(len - buf.len());
-            if stream.read_buf(buf).await.ok()? == 0 {
+            if stream.read(buf).await.ok()? == 0 {
                 return None;
             }
         }
@@ -141,7 +147,7 @@ async fn emit_request(
 fn healthz(ctx: &NodeContext, keep_alive: bool) -> Vec<u8> {
     let body = serde_json::json!({
         "status": "ok",
-        "io": ctx.io,
+        "io": ctx.io.name(),
         "workers": ctx.workers,
         "connections": ctx.metrics.total_connections(),
     });
@@ -153,15 +159,15 @@ fn healthz(ctx: &NodeContext, keep_alive: bool) -> Vec<u8> {
     )
 }
 
-pub(super) enum ReadError {
+enum ReadError {
     Http(HttpError),
     Io,
 }
 
 /// Reads until `buf` starts with a whole request head. `Ok(None)` is a clean
 /// end of stream before any byte of a new request.
-pub(super) async fn read_head(
-    stream: &mut TcpStream,
+async fn read_head<S: Stream>(
+    stream: &S,
     buf: &mut BytesMut,
     max_head: usize,
 ) -> Result<Option<RequestHead>, ReadError> {
@@ -172,7 +178,7 @@ pub(super) async fn read_head(
             }
         }
         buf.reserve(1024);
-        match stream.read_buf(buf).await {
+        match stream.read(buf).await {
             Ok(0) if buf.is_empty() => return Ok(None),
             Ok(0) => return Err(ReadError::Io),
             Ok(_) => {}

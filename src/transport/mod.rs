@@ -1,12 +1,13 @@
 //! Drivers: sockets, event loops and the per-connection state machines that
 //! feed bytes to `protocol` and drain `fanout` queues into sockets.
 //!
-//! Today there is one driver, epoll through a current-thread tokio runtime
-//! per worker. Everything a connection does to the socket goes through the
-//! functions in `conn` and `websocket`, the seam the io_uring driver will
-//! sit behind.
+//! Two drivers sit behind one seam (`stream::Stream`, a listener's
+//! `Acceptor`): epoll through a current-thread tokio runtime per worker,
+//! and io_uring through tokio-uring. Everything above the seam (`conn`,
+//! `websocket`) is the same code for both.
 
 mod conn;
+mod stream;
 mod websocket;
 mod worker;
 
@@ -16,9 +17,57 @@ use std::sync::Arc;
 pub(crate) use worker::spawn_worker;
 
 use crate::auth::Authenticator;
-use crate::config::Config;
+use crate::config::{Config, IoMode};
 use crate::fanout::{Router, Routes};
 use crate::metrics::Metrics;
+
+/// The driver a node runs, after probing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Io {
+    Epoll,
+    Uring,
+}
+
+impl Io {
+    pub fn name(self) -> &'static str {
+        match self {
+            Io::Epoll => "epoll",
+            Io::Uring => "uring",
+        }
+    }
+}
+
+/// Set (to anything) to make the io_uring probe fail, as it does on old
+/// kernels, with `io_uring_disabled`, or under a seccomp profile that
+/// blocks it. For tests of the fallback; documented in the README.
+pub const DISABLE_URING_ENV: &str = "WSRELAY_TEST_DISABLE_IO_URING";
+
+/// Whether an io_uring instance can be set up here.
+pub fn probe_uring() -> std::io::Result<()> {
+    if std::env::var_os(DISABLE_URING_ENV).is_some() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            format!("io_uring disabled by {DISABLE_URING_ENV}"),
+        ));
+    }
+    tokio_uring::uring_builder().build(8).map(drop)
+}
+
+/// Resolves the configured mode to a driver: `auto` falls back to epoll
+/// with one log line; `uring` fails with the reason.
+pub fn choose(mode: IoMode) -> std::io::Result<Io> {
+    match mode {
+        IoMode::Epoll => Ok(Io::Epoll),
+        IoMode::Uring => probe_uring().map(|()| Io::Uring),
+        IoMode::Auto => Ok(match probe_uring() {
+            Ok(()) => Io::Uring,
+            Err(e) => {
+                tracing::warn!(reason = %e, "io_uring is unavailable; using epoll");
+                Io::Epoll
+            }
+        }),
+    }
+}
 
 /// What every worker of a node shares. Read-only after start, except the
 /// atomics.
@@ -30,6 +79,6 @@ pub(crate) struct NodeContext {
     pub router: Arc<Router>,
     /// Websocket clients connected now, for the connection limit.
     pub ws_connections: AtomicUsize,
-    pub io: &'static str,
+    pub io: Io,
     pub workers: usize,
 }

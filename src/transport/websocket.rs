@@ -8,19 +8,16 @@
 
 use std::cell::Cell;
 use std::future::poll_fn;
-use std::io::IoSlice;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
 use super::conn;
+use super::stream::{Stream, IOVECS};
 use super::worker::Worker;
 use crate::auth::Identity;
 use crate::fanout::{RouteDelta, SubId};
@@ -29,12 +26,9 @@ use crate::protocol::client::{self as msg, GroupLimits};
 use crate::protocol::frame::{self, close_code, Decoder, Message, Role};
 use crate::protocol::http::{self, RequestHead};
 
-/// Frames handed to the kernel per vectored write.
-const IOVECS: usize = 64;
-
-pub(super) async fn run(
+pub(super) async fn run<S: Stream>(
     worker: Rc<Worker>,
-    mut stream: TcpStream,
+    stream: &S,
     head: RequestHead,
     buf: BytesMut,
 ) {
@@ -45,16 +39,16 @@ pub(super) async fn run(
         Err(e) => {
             m.refused(Refusal::BadUpgrade).inc();
             let reply = http::error_response(400, &e.to_string(), false);
-            return conn::answer_and_close(stream, &reply).await;
+            return conn::answer_and_close(stream, reply).await;
         }
     };
     let Some(_slot) = Slot::acquire(&ctx.ws_connections, ctx.config.max_connections) else {
         m.refused(Refusal::ConnectionLimit).inc();
         let reply = http::error_response(503, "connection limit reached", false);
-        return conn::answer_and_close(stream, &reply).await;
+        return conn::answer_and_close(stream, reply).await;
     };
     if stream
-        .write_all(&http::switching_protocols(&accept_key))
+        .write_all(http::switching_protocols(&accept_key))
         .await
         .is_err()
     {
@@ -71,7 +65,7 @@ pub(super) async fn run(
         Err(e) => {
             m.refused(Refusal::AuthFailed).inc();
             tracing::info!(reason = %e, "client refused");
-            refuse(&mut stream, &format!("authentication failed: {e}"), &worker).await;
+            refuse(stream, &format!("authentication failed: {e}"), &worker).await;
             return;
         }
     };
@@ -100,16 +94,21 @@ pub(super) async fn run(
 
 /// AWX's answer to a client it will not serve: `{"close": true}`, then a
 /// close frame with code 1008 and the reason.
-async fn refuse(stream: &mut TcpStream, reason: &str, worker: &Worker) {
+async fn refuse<S: Stream>(stream: &S, reason: &str, worker: &Worker) {
     let mut out = frame::text_frame(msg::CLOSE_MESSAGE.as_bytes()).to_vec();
     out.extend_from_slice(&frame::close_frame(close_code::POLICY_VIOLATION, reason));
-    if stream.write_all(&out).await.is_err() {
+    if stream.write_all(out).await.is_err() {
         return;
     }
     // Give the client a moment to answer the close before the socket goes.
     let _ = timeout(worker.ctx.config.close_timeout, async {
-        let mut sink = [0u8; 512];
-        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        let mut sink = BytesMut::with_capacity(512);
+        loop {
+            sink.clear();
+            if !matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {
+                break;
+            }
+        }
     })
     .await;
 }
@@ -144,21 +143,17 @@ struct Session<'w> {
 // === impl Session ===
 
 impl Session<'_> {
-    async fn drive(&self, mut stream: TcpStream, buf: BytesMut) {
-        let (mut rd, mut wr) = stream.split();
+    async fn drive<S: Stream>(&self, stream: &S, buf: BytesMut) {
         let last_heard = Cell::new(Instant::now());
         tokio::select! {
-            () = self.read_loop(&mut rd, buf, &last_heard) => {}
-            _ = self.write_loop(&mut wr) => return,
+            () = self.read_loop(stream, buf, &last_heard) => {}
+            _ = self.write_loop(stream) => return,
             () = self.ping_loop(&last_heard) => {}
             () = self.close_watchdog() => return,
         }
         if self.is_closing() {
-            let _ = timeout(
-                self.worker.ctx.config.close_timeout,
-                self.write_loop(&mut wr),
-            )
-            .await;
+            let close_timeout = self.worker.ctx.config.close_timeout;
+            let _ = timeout(close_timeout, self.write_loop(stream)).await;
         }
     }
 
@@ -192,9 +187,9 @@ impl Session<'_> {
         m.server_close(why).inc();
     }
 
-    async fn read_loop<R: AsyncRead + Unpin>(
+    async fn read_loop<S: Stream>(
         &self,
-        rd: &mut R,
+        stream: &S,
         mut buf: BytesMut,
         last_heard: &Cell<Instant>,
     ) {
@@ -226,7 +221,7 @@ impl Session<'_> {
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(4096);
             }
-            match rd.read_buf(&mut buf).await {
+            match stream.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
@@ -306,29 +301,39 @@ impl Session<'_> {
         self.control(frame::text_frame(reply.as_bytes()));
     }
 
-    /// Writes queued frames until the queue's close frame is written.
-    async fn write_loop<W: AsyncWrite + Unpin>(&self, wr: &mut W) -> std::io::Result<()> {
-        poll_fn(|cx| loop {
-            let mut hub = self.worker.hub.borrow_mut();
-            if hub.queue_mut(self.id).is_closed_and_drained() {
-                return Poll::Ready(Ok(()));
-            }
-            if hub.poll_pending(self.id, cx).is_pending() {
-                return Poll::Pending;
-            }
-            let queue = hub.queue_mut(self.id);
-            let mut slices = [IoSlice::new(&[]); IOVECS];
-            let n = queue.slices(&mut slices);
-            match Pin::new(&mut *wr).poll_write_vectored(cx, &slices[..n]) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+    /// Writes queued frames until the queue's close frame is written. Each
+    /// round hands the socket up to `IOVECS` frame handles at once; the
+    /// queue keeps them pinned until the write settles.
+    async fn write_loop<S: Stream>(&self, stream: &S) -> std::io::Result<()> {
+        let mut frames = Vec::with_capacity(IOVECS);
+        loop {
+            let more = poll_fn(|cx| {
+                let mut hub = self.worker.hub.borrow_mut();
+                if hub.queue_mut(self.id).is_closed_and_drained() {
+                    return Poll::Ready(false);
                 }
-                Poll::Ready(Ok(written)) => queue.advance(written),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+                hub.poll_pending(self.id, cx).map(|()| true)
+            })
+            .await;
+            if !more {
+                return Ok(());
             }
-        })
-        .await
+            self.worker
+                .hub
+                .borrow_mut()
+                .queue_mut(self.id)
+                .batch(&mut frames, IOVECS);
+            let written = stream.writev(&mut frames).await?;
+            frames.clear();
+            if written == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            self.worker
+                .hub
+                .borrow_mut()
+                .queue_mut(self.id)
+                .advance(written);
+        }
     }
 
     /// Pings every interval; closes a client that stayed silent for a whole

@@ -1,17 +1,18 @@
-//! A worker thread: one current-thread tokio runtime, its own listener
-//! (SO_REUSEPORT spreads connections over workers), its own hub, and the
-//! inbox through which the router hands it events.
+//! A worker thread: one single-threaded runtime (tokio for epoll, or
+//! tokio-uring), its own listener (SO_REUSEPORT spreads connections over
+//! workers), its own hub, and the inbox through which the router hands it
+//! events.
 
 use std::cell::RefCell;
+use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio::task::LocalSet;
 
-use super::{conn, NodeContext};
+use super::stream::Stream;
+use super::{conn, Io, NodeContext};
 use crate::fanout::{DeliveryStats, Event, Hub, RouteDelta};
 use crate::metrics::ServerClose;
 use crate::protocol::frame::close_code;
@@ -35,56 +36,103 @@ impl Worker {
     }
 }
 
-/// Starts worker `index` on its own thread.
+/// A listener of either driver.
+trait Acceptor {
+    type Stream: Stream;
+    async fn next(&self) -> io::Result<Self::Stream>;
+}
+
+impl Acceptor for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn next(&self) -> io::Result<Self::Stream> {
+        let (s, _) = self.accept().await?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    }
+}
+
+impl Acceptor for tokio_uring::net::TcpListener {
+    type Stream = tokio_uring::net::TcpStream;
+    async fn next(&self) -> io::Result<Self::Stream> {
+        let (s, _) = self.accept().await?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    }
+}
+
+/// Starts worker `index` on its own thread and returns once its runtime
+/// and listener are up, or with the reason they could not be.
 pub(crate) fn spawn_worker(
     index: usize,
     listener: std::net::TcpListener,
     inbox: mpsc::Receiver<Vec<Event>>,
     ctx: Arc<NodeContext>,
     shutdown: watch::Receiver<bool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
+) -> io::Result<std::thread::JoinHandle<()>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
+    let handle = std::thread::Builder::new()
         .name(format!("wsrelay-worker-{index}"))
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(worker = index, error = %e, "cannot build the worker runtime");
-                    return;
-                }
-            };
+            let io = ctx.io;
             let hub = Hub::new(ctx.config.queue_limits(), ctx.config.slow_policy);
             let worker = Rc::new(Worker {
                 index,
                 hub: RefCell::new(hub),
                 ctx,
             });
-            LocalSet::new().block_on(&rt, run(worker, listener, inbox, shutdown));
-        })
+            match io {
+                Io::Epoll => {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => return drop(ready_tx.send(Err(e))),
+                    };
+                    tokio::task::LocalSet::new().block_on(&rt, async move {
+                        match tokio::net::TcpListener::from_std(listener) {
+                            Ok(l) => {
+                                let _ = ready_tx.send(Ok(()));
+                                run(worker, l, inbox, shutdown).await;
+                            }
+                            Err(e) => drop(ready_tx.send(Err(e))),
+                        }
+                    });
+                }
+                Io::Uring => {
+                    let rt = match tokio_uring::Runtime::new(&tokio_uring::builder()) {
+                        Ok(rt) => rt,
+                        Err(e) => return drop(ready_tx.send(Err(e))),
+                    };
+                    rt.block_on(async move {
+                        let l = tokio_uring::net::TcpListener::from_std(listener);
+                        let _ = ready_tx.send(Ok(()));
+                        run(worker, l, inbox, shutdown).await;
+                    });
+                }
+            }
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(e)) => {
+            let _ = handle.join();
+            Err(e)
+        }
+        Err(_) => Err(io::Error::other("worker thread ended during start")),
+    }
 }
 
-async fn run(
+async fn run<A: Acceptor>(
     worker: Rc<Worker>,
-    listener: std::net::TcpListener,
+    listener: A,
     inbox: mpsc::Receiver<Vec<Event>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let listener = match TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(worker = worker.index, error = %e, "cannot register the listener");
-            return;
-        }
-    };
     tokio::task::spawn_local(deliver(worker.clone(), inbox));
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    let _ = stream.set_nodelay(true);
+            accepted = listener.next() => match accepted {
+                Ok(stream) => {
                     tokio::task::spawn_local(conn::serve(worker.clone(), stream));
                 }
                 Err(e) => {

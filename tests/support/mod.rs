@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wsrelay::config::IoMode;
 use wsrelay::{Config, Node};
 
 pub const SECRET: &str = "test-secret-0123456789";
@@ -30,12 +31,35 @@ pub struct TestNode {
     pub addr: SocketAddr,
 }
 
+/// The driver under test: `WSRELAY_TEST_IO=epoll|uring|auto` (default
+/// auto). The README's test command runs the suite once per driver.
+pub fn io_under_test() -> IoMode {
+    match std::env::var("WSRELAY_TEST_IO").as_deref() {
+        Ok("epoll") => IoMode::Epoll,
+        Ok("uring") => IoMode::Uring,
+        Ok("auto") | Err(_) => IoMode::Auto,
+        Ok(other) => panic!("WSRELAY_TEST_IO={other}: want epoll, uring or auto"),
+    }
+}
+
+/// The name `/healthz` reports for the driver under test.
+pub fn io_name() -> &'static str {
+    match io_under_test() {
+        IoMode::Epoll => "epoll",
+        IoMode::Uring => "uring",
+        IoMode::Auto if wsrelay::probe_uring().is_ok() => "uring",
+        IoMode::Auto => "epoll",
+    }
+}
+
 /// A node with JWT auth and the emit endpoint, on two workers (so routing
-/// between workers is exercised), adjusted by `tune`.
+/// between workers is exercised), on the driver under test, adjusted by
+/// `tune`.
 pub fn start(tune: impl FnOnce(&mut Config)) -> TestNode {
     let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         workers: 2,
+        io: io_under_test(),
         jwt_secret: Some(SECRET.into()),
         emit_key: Some(EMIT_KEY.into()),
         ..Config::default()

@@ -1,5 +1,3 @@
-use std::io::IoSlice;
-
 use super::*;
 
 const LIMITS: QueueLimits = QueueLimits {
@@ -21,14 +19,14 @@ fn names(v: &[Arc<str>]) -> Vec<&str> {
 fn drain(hub: &mut Hub, id: SubId) -> Vec<u8> {
     let q = hub.queue_mut(id);
     let mut out = Vec::new();
+    let mut batch = Vec::new();
     loop {
-        let mut buf = [IoSlice::new(&[]); 16];
-        let n = q.slices(&mut buf);
-        if n == 0 {
+        q.batch(&mut batch, 16);
+        if batch.is_empty() {
             return out;
         }
-        let total: usize = buf[..n].iter().map(|s| s.len()).sum();
-        for s in &buf[..n] {
+        let total: usize = batch.iter().map(|s| s.len()).sum();
+        for s in &batch {
             out.extend_from_slice(s);
         }
         q.advance(total);
