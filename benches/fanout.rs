@@ -1,6 +1,7 @@
 //! The delivery hot path: one event to N subscribers of a group on one
-//! worker, with every queue drained the way the writer does (a batch of
-//! frame handles + advance, no syscall) inside the measured loop.
+//! worker, with every queue drained the way the writer does (`take_batch`,
+//! then `settle` as if the socket took it all; no syscall) inside the
+//! measured loop.
 //! Throughput is deliveries.
 
 use std::collections::BTreeSet;
@@ -33,10 +34,10 @@ fn hub_with(subs: usize) -> (Hub, Vec<SubId>) {
 fn drain(hub: &mut Hub, ids: &[SubId], batch: &mut Vec<Bytes>) {
     for &id in ids {
         let q = hub.queue_mut(id);
-        q.batch(batch, 64);
+        q.take_batch(batch, 64);
         let total: usize = batch.iter().map(|s| s.len()).sum();
         black_box(&batch);
-        q.advance(total);
+        q.settle(batch, total);
     }
 }
 

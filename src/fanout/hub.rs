@@ -108,10 +108,13 @@ impl Hub {
         })
     }
 
-    /// Removes a subscriber and its groups.
-    pub fn remove(&mut self, id: SubId, delta: &mut RouteDelta) {
+    /// Removes a subscriber and its groups; returns how many events were
+    /// still queued for it (lost with it, for the drop counter).
+    pub fn remove(&mut self, id: SubId, delta: &mut RouteDelta) -> u64 {
         self.leave_all(id, delta);
-        self.subs.try_remove(id);
+        self.subs
+            .try_remove(id)
+            .map_or(0, |sub| sub.queue.unsent_events())
     }
 
     /// The groups `id` holds, sorted.

@@ -53,16 +53,18 @@ struct Entry {
     is_event: bool,
 }
 
-/// A FIFO of frames with a partially written head.
+/// A FIFO of frames. The writer moves a batch out (`take_batch`), writes
+/// it, and puts back what the socket did not take (`settle`); frames in
+/// flight are therefore out of reach of `drop-oldest` and `close`.
 pub struct OutQueue {
     entries: VecDeque<Entry>,
-    /// Bytes not yet written, over all entries.
+    /// Bytes not yet written, queued or in flight.
     bytes: usize,
-    /// How much of the front entry the socket has taken already.
-    front_written: usize,
-    /// Entries at the front handed to the socket by `batch` and not yet
-    /// settled by `advance`: they must not be dropped or discarded.
-    in_flight: usize,
+    /// The front entry is the rest of a frame the socket took part of: it
+    /// must be written, never dropped, and nothing may go before it.
+    front_started: bool,
+    /// `is_event` of each frame in flight, in order.
+    in_flight: Vec<bool>,
     /// Events dropped by `drop-oldest` and not yet told to the client.
     dropped_untold: u64,
     closing: bool,
@@ -79,25 +81,31 @@ impl OutQueue {
         Self {
             entries: VecDeque::new(),
             bytes: 0,
-            front_written: 0,
-            in_flight: 0,
+            front_started: false,
+            in_flight: Vec::new(),
             dropped_untold: 0,
             closing: false,
         }
     }
 
-    /// Entries at the front that must stay: those in flight, or a head the
-    /// socket has taken part of.
+    /// Entries at the front that must stay: a head the socket took part of.
     fn pinned(&self) -> usize {
-        self.in_flight.max(usize::from(self.front_written > 0))
+        usize::from(self.front_started)
     }
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty() && self.dropped_untold == 0
     }
 
+    /// Events queued and not written (a started head counts: the client
+    /// cannot use half a frame).
+    pub fn unsent_events(&self) -> u64 {
+        self.entries.iter().filter(|e| e.is_event).count() as u64 + self.dropped_untold
+    }
+
+    /// Frames queued or in flight.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() + self.in_flight.len()
     }
 
     pub fn bytes(&self) -> usize {
@@ -155,7 +163,7 @@ impl OutQueue {
     }
 
     fn fits(&self, len: usize, limits: QueueLimits) -> bool {
-        self.entries.len() < limits.max_frames && self.bytes + len <= limits.max_bytes
+        self.len() < limits.max_frames && self.bytes + len <= limits.max_bytes
     }
 
     /// Queues a reply or control frame. These are small and caused by the
@@ -197,14 +205,13 @@ impl OutQueue {
         discarded
     }
 
-    /// Fills `out` (cleared first) with handles to the unwritten frames,
-    /// oldest first, at most `max`; the head is sliced past what was already
-    /// written. Handles are reference counts: no payload byte is copied. A
-    /// pending `{"dropped": N}` notice is put first, where the lost events
-    /// were.
-    pub fn batch(&mut self, out: &mut Vec<Bytes>, max: usize) {
-        out.clear();
-        if self.dropped_untold > 0 && self.front_written == 0 {
+    /// Moves up to `max` frames, oldest first, into `out` (which must be
+    /// empty) for one vectored write. Moving costs no reference count and
+    /// copies no payload byte. A pending `{"dropped": N}` notice goes first,
+    /// where the lost events were (after a started head, if any).
+    pub fn take_batch(&mut self, out: &mut Vec<Bytes>, max: usize) {
+        debug_assert!(out.is_empty() && self.in_flight.is_empty());
+        if self.dropped_untold > 0 && !self.front_started {
             let notice = frame::text_frame(client::dropped_message(self.dropped_untold).as_bytes());
             self.dropped_untold = 0;
             self.bytes += notice.len();
@@ -213,35 +220,51 @@ impl OutQueue {
                 is_event: false,
             });
         }
-        // With a notice owed behind a half-written head, finish the head
-        // alone so the notice goes exactly where the lost events were.
+        // With a notice owed behind a started head, send the head alone so
+        // the notice can go right after it.
         let max = if self.dropped_untold > 0 { 1 } else { max };
-        for (i, e) in self.entries.iter().enumerate().take(max) {
-            if i == 0 && self.front_written > 0 {
-                out.push(e.bytes.slice(self.front_written..));
-            } else {
-                out.push(e.bytes.clone());
-            }
+        while out.len() < max {
+            let Some(e) = self.entries.pop_front() else {
+                break;
+            };
+            out.push(e.bytes);
+            self.in_flight.push(e.is_event);
         }
-        self.in_flight = out.len();
+        self.front_started = false;
     }
 
-    /// Records that the socket took `written` bytes from the front; settles
-    /// the batch in flight.
-    pub fn advance(&mut self, mut written: usize) {
-        self.in_flight = 0;
+    /// Settles a batch after the socket took `written` bytes of it: written
+    /// frames are released, the rest go back to the front in order (a frame
+    /// the socket took part of goes back as its remainder). Clears `out`.
+    pub fn settle(&mut self, out: &mut Vec<Bytes>, mut written: usize) {
         self.bytes -= written;
-        while written > 0 {
-            let front = self.entries.front().expect("advance past the queued bytes");
-            let left = front.bytes.len() - self.front_written;
-            if written < left {
-                self.front_written += written;
-                return;
+        let mut first_unwritten = out.len();
+        for (i, b) in out.iter_mut().enumerate() {
+            if written >= b.len() {
+                written -= b.len();
+                continue;
             }
-            written -= left;
-            self.front_written = 0;
-            self.entries.pop_front();
+            if written > 0 {
+                bytes::Buf::advance(b, written);
+                self.front_started = true;
+            }
+            first_unwritten = i;
+            break;
         }
+        let flags = std::mem::take(&mut self.in_flight);
+        for (b, is_event) in out
+            .drain(first_unwritten..)
+            .zip(&flags[first_unwritten..])
+            .rev()
+        {
+            self.entries.push_front(Entry {
+                bytes: b,
+                is_event: *is_event,
+            });
+        }
+        out.clear();
+        self.in_flight = flags;
+        self.in_flight.clear();
     }
 }
 
@@ -262,7 +285,7 @@ mod tests {
         let mut out = Vec::new();
         let mut batch = Vec::new();
         loop {
-            q.batch(&mut batch, 8);
+            q.take_batch(&mut batch, 8);
             if batch.is_empty() {
                 return out;
             }
@@ -270,8 +293,15 @@ mod tests {
             for s in &batch {
                 out.extend_from_slice(s);
             }
-            q.advance(total);
+            q.settle(&mut batch, total);
         }
+    }
+
+    /// Writes `n` bytes of a batch, as a socket taking part of it would.
+    fn write_part(q: &mut OutQueue, n: usize) {
+        let mut batch = Vec::new();
+        q.take_batch(&mut batch, 8);
+        q.settle(&mut batch, n);
     }
 
     #[test]
@@ -301,12 +331,11 @@ mod tests {
         for b in [b"abc".as_slice(), b"de", b"f"] {
             q.push_event(&Bytes::copy_from_slice(b), LIMITS, SlowPolicy::Disconnect);
         }
-        q.advance(4);
-        let mut batch = Vec::new();
-        q.batch(&mut batch, 8);
-        let got: Vec<u8> = batch.iter().flat_map(|s| s.iter().copied()).collect();
-        assert_eq!(got, b"ef");
+        write_part(&mut q, 4);
         assert_eq!(q.bytes(), 2);
+        assert_eq!(q.len(), 2);
+        assert_eq!(drain(&mut q), b"ef");
+        assert_eq!(q.bytes(), 0);
     }
 
     #[test]
@@ -316,7 +345,7 @@ mod tests {
         for c in [b'a', b'b', b'c'] {
             q.push_event(&Bytes::from(vec![c; 30]), LIMITS, p);
         }
-        q.advance(5); // the socket has part of "a"
+        write_part(&mut q, 5); // the socket has part of "a"
         let pushed = q.push_event(&Bytes::from(vec![b'd'; 30]), LIMITS, p);
         assert_eq!(
             pushed,
@@ -376,10 +405,10 @@ mod tests {
             q.push_event(&Bytes::from(vec![c; 30]), LIMITS, p);
         }
         let mut batch = Vec::new();
-        q.batch(&mut batch, 2); // "a" and "b" go to the socket
-                                // While they are in flight, making room drops "c", not them.
+        q.take_batch(&mut batch, 2); // "a" and "b" go to the socket
+                                     // While they are in flight, making room drops "c", not them.
         q.push_event(&Bytes::from(vec![b'd'; 30]), LIMITS, p);
-        q.advance(60);
+        q.settle(&mut batch, 60);
         let out = drain(&mut q);
         let notice = frame::text_frame(b"{\"dropped\": 1}");
         assert_eq!(out, [&notice[..], &[b'd'; 30][..]].concat());
@@ -388,10 +417,11 @@ mod tests {
         let mut q = OutQueue::new();
         q.push_event(&frame(10), LIMITS, p);
         q.push_event(&frame(10), LIMITS, p);
-        q.batch(&mut batch, 8);
+        q.take_batch(&mut batch, 8);
         assert_eq!(q.close(Bytes::from_static(b"C")), 0);
-        q.advance(20);
-        assert_eq!(drain(&mut q), b"C");
+        // The socket took only part: the rest still goes before the close.
+        q.settle(&mut batch, 15);
+        assert_eq!(drain(&mut q), [&[b'x'; 5][..], b"C"].concat());
     }
 
     #[test]

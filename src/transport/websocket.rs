@@ -2,9 +2,10 @@
 //!
 //! Phases: (1) check the upgrade and the connection limit, answer 101;
 //! (2) authenticate; a refused client gets `{"close": true}` and close 1008
-//! (AWX's behaviour); (3) run the reader, the writer, the pinger and the
-//! close watchdog together until one of them ends the session; (4) flush a
-//! queued close frame within `close_timeout`; (5) leave the hub.
+//! (AWX's behaviour); (3) run the writer alongside the reader, the pinger
+//! and the close signal; (4) once a close is queued, give the writer
+//! `close_timeout` to get it out; (5) leave the hub, counting what was
+//! never written.
 
 use std::cell::Cell;
 use std::future::poll_fn;
@@ -87,8 +88,10 @@ pub(super) async fn run<S: Stream>(
     session.drive(stream, buf).await;
 
     let mut delta = RouteDelta::default();
-    worker.hub.borrow_mut().remove(id, &mut delta);
+    let unsent = worker.hub.borrow_mut().remove(id, &mut delta);
     worker.publish(&delta);
+    // Accepted for this client and never written: counted, not silent.
+    m.dropped.inc_by(unsent);
     m.connections[worker.index].dec();
 }
 
@@ -143,17 +146,27 @@ struct Session<'w> {
 // === impl Session ===
 
 impl Session<'_> {
+    /// The writer runs until the close frame is out (or the socket fails);
+    /// it is never cancelled mid-write while the connection is to go on.
+    /// Alongside it, the reader, the pinger and the close signal run until
+    /// a close is queued by anyone; then the writer gets `close_timeout` to
+    /// deliver it. Without a close (the client vanished) the session ends
+    /// at once.
     async fn drive<S: Stream>(&self, stream: &S, buf: BytesMut) {
         let last_heard = Cell::new(Instant::now());
+        let until_done = async {
+            tokio::select! {
+                () = self.read_loop(stream, buf, &last_heard) => {}
+                () = self.ping_loop(&last_heard) => {}
+                () = poll_fn(|cx| self.worker.hub.borrow_mut().poll_closing(self.id, cx)) => {}
+            }
+            if self.is_closing() {
+                tokio::time::sleep(self.worker.ctx.config.close_timeout).await;
+            }
+        };
         tokio::select! {
-            () = self.read_loop(stream, buf, &last_heard) => {}
-            _ = self.write_loop(stream) => return,
-            () = self.ping_loop(&last_heard) => {}
-            () = self.close_watchdog() => return,
-        }
-        if self.is_closing() {
-            let close_timeout = self.worker.ctx.config.close_timeout;
-            let _ = timeout(close_timeout, self.write_loop(stream)).await;
+            _ = self.write_loop(stream) => {}
+            () = until_done => {}
         }
     }
 
@@ -302,8 +315,8 @@ impl Session<'_> {
     }
 
     /// Writes queued frames until the queue's close frame is written. Each
-    /// round hands the socket up to `IOVECS` frame handles at once; the
-    /// queue keeps them pinned until the write settles.
+    /// round moves up to `IOVECS` frames out of the queue into one vectored
+    /// write and puts back what the socket did not take.
     async fn write_loop<S: Stream>(&self, stream: &S) -> std::io::Result<()> {
         let mut frames = Vec::with_capacity(IOVECS);
         loop {
@@ -322,17 +335,17 @@ impl Session<'_> {
                 .hub
                 .borrow_mut()
                 .queue_mut(self.id)
-                .batch(&mut frames, IOVECS);
-            let written = stream.writev(&mut frames).await?;
-            frames.clear();
-            if written == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            self.worker
-                .hub
-                .borrow_mut()
-                .queue_mut(self.id)
-                .advance(written);
+                .take_batch(&mut frames, IOVECS);
+            let result = match stream.writev(&mut frames).await {
+                Ok(0) => Err(std::io::ErrorKind::WriteZero.into()),
+                other => other,
+            };
+            let mut hub = self.worker.hub.borrow_mut();
+            let queue = hub.queue_mut(self.id);
+            // On failure the batch goes back whole, so the frames are counted
+            // when the session ends rather than vanishing.
+            queue.settle(&mut frames, *result.as_ref().unwrap_or(&0));
+            result?;
         }
     }
 
@@ -354,13 +367,5 @@ impl Session<'_> {
             ping_sent = Some(Instant::now());
             self.control(frame::ping_frame(b""));
         }
-    }
-
-    /// Ends the session `close_timeout` after a close was queued by anyone
-    /// (this session, the delivery loop, shutdown), so a client that stopped
-    /// reading cannot hold the socket open.
-    async fn close_watchdog(&self) {
-        poll_fn(|cx| self.worker.hub.borrow_mut().poll_closing(self.id, cx)).await;
-        tokio::time::sleep(self.worker.ctx.config.close_timeout).await;
     }
 }

@@ -21,7 +21,7 @@ fn drain(hub: &mut Hub, id: SubId) -> Vec<u8> {
     let mut out = Vec::new();
     let mut batch = Vec::new();
     loop {
-        q.batch(&mut batch, 16);
+        q.take_batch(&mut batch, 16);
         if batch.is_empty() {
             return out;
         }
@@ -29,7 +29,7 @@ fn drain(hub: &mut Hub, id: SubId) -> Vec<u8> {
         for s in &batch {
             out.extend_from_slice(s);
         }
-        q.advance(total);
+        q.settle(&mut batch, total);
     }
 }
 

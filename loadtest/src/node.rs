@@ -1,0 +1,125 @@
+//! A `wsrelay serve` child process on a loopback port, and what /proc and
+//! perf say about it.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const SECRET: &str = "loadtest-secret-0123456789abcdef";
+pub const EMIT_KEY: &str = "loadtest-emit-key";
+
+pub struct NodeProcess {
+    /// Held so the node is killed when this is dropped (`kill_on_drop`).
+    pub _child: Child,
+    pub addr: std::net::SocketAddr,
+    pub pid: u32,
+}
+
+/// The `wsrelay` binary: `$WSRELAY_BIN`, or the one built beside us.
+pub fn binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("WSRELAY_BIN") {
+        return Ok(p.into());
+    }
+    let me = std::env::current_exe()?;
+    let beside = me.with_file_name("wsrelay");
+    if beside.exists() {
+        return Ok(beside);
+    }
+    bail!(
+        "no wsrelay binary beside {}; build it (cargo build --release) or set WSRELAY_BIN",
+        me.display()
+    )
+}
+
+pub async fn start(io: &str, workers: usize, extra: &[&str]) -> anyhow::Result<NodeProcess> {
+    let mut child = Command::new(binary()?)
+        .args(["serve", "--listen", "127.0.0.1:0", "--io", io])
+        .args(["--workers", &workers.to_string()])
+        .args(["--jwt-secret", SECRET, "--emit-key", EMIT_KEY])
+        .args(extra)
+        .env("RUST_LOG", "warn,wsrelay::server=info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting wsrelay")?;
+    let pid = child.id().context("child pid")?;
+    let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.split("addr=").nth(1) {
+                return Ok(rest.split_whitespace().next().unwrap_or("").parse()?);
+            }
+        }
+        bail!("wsrelay exited before listening")
+    })
+    .await
+    .context("waiting for wsrelay to listen")??;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(NodeProcess {
+        _child: child,
+        addr,
+        pid,
+    })
+}
+
+/// CPU seconds (user + system) the process has used, from /proc.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Resident memory in bytes, from /proc.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Starts `perf stat` counting syscalls and io_uring submissions of `pid`
+/// for `secs`; `None` when perf is not usable here.
+pub fn perf_counters(pid: u32, secs: u64) -> Option<std::process::Child> {
+    std::process::Command::new("perf")
+        .args([
+            "stat",
+            "-x,",
+            "-e",
+            "raw_syscalls:sys_enter,io_uring:io_uring_submit_req",
+        ])
+        .args(["-p", &pid.to_string(), "--", "sleep", &secs.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()
+}
+
+/// `(syscalls, io_uring submissions)` from a finished `perf stat -x,`.
+pub fn perf_result(child: std::process::Child) -> Option<(u64, u64)> {
+    let out = child.wait_with_output().ok()?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    let count = |event: &str| {
+        text.lines()
+            .find(|l| l.contains(event))?
+            .split(',')
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some((
+        count("raw_syscalls:sys_enter")?,
+        count("io_uring_submit_req").unwrap_or(0),
+    ))
+}
