@@ -35,6 +35,8 @@ pub enum ConfigError {
     TooManyWorkers(usize),
     #[error("{0} must not be empty")]
     Empty(&'static str),
+    #[error("--redis {0}: want a redis:// or unix:// URL")]
+    RedisUrl(String),
 }
 
 /// Which I/O driver the workers use.
@@ -106,6 +108,30 @@ pub struct Config {
     pub close_timeout: Duration,
     /// Time connections get to close on shutdown. Default 5 s.
     pub shutdown_grace: Duration,
+    /// This node's name: in Redis channel names now, on the backplane later.
+    /// Default: the host name.
+    pub node_id: String,
+    /// Redis URLs of the channels_redis layer AWX's producers write to
+    /// (several: channels_redis's consistent hash spreads keys over them).
+    /// Default none: no Redis ingest.
+    pub redis: Vec<String>,
+    /// The layer's key prefix. Default `asgi` (AWX's).
+    pub channel_prefix: String,
+    /// The layer's `group_expiry`, seconds: memberships older than this are
+    /// dropped by producers, so wsrelay refreshes its own well before.
+    /// Default 86,400 (channels_redis's; AWX configures 157,784,760).
+    pub group_expiry_secs: u64,
+    /// The layer's `expiry`, seconds: older messages are skipped.
+    /// Default 60 (channels_redis's, and AWX's).
+    pub message_expiry_secs: u64,
+    /// The layer's `random_prefix_length`. Default 12.
+    pub random_prefix_length: usize,
+    /// Messages popped per Redis round trip at most. Default 512.
+    pub redis_batch: usize,
+    /// How long a subscribe reply waits for Redis to record the new
+    /// memberships, so that events emitted after the reply reach the
+    /// client (AWX's `group_add` is awaited the same way). Default 1 s.
+    pub subscribe_ack_timeout: Duration,
 }
 
 impl Default for Config {
@@ -133,8 +159,25 @@ impl Default for Config {
             request_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(5),
+            node_id: default_node_id(),
+            redis: Vec::new(),
+            channel_prefix: "asgi".to_owned(),
+            group_expiry_secs: 86_400,
+            message_expiry_secs: 60,
+            random_prefix_length: 12,
+            redis_batch: 512,
+            subscribe_ack_timeout: Duration::from_secs(1),
         }
     }
+}
+
+/// The host name, as AWX names its nodes; `wsrelay` if it cannot be read.
+fn default_node_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "wsrelay".to_owned())
 }
 
 impl Config {
@@ -151,6 +194,9 @@ impl Config {
             (self.max_emit_events, "max-emit-events"),
             (self.max_head_bytes, "max-head-bytes"),
             (self.worker_inbox, "worker-inbox"),
+            (self.redis_batch, "redis-batch"),
+            (self.group_expiry_secs as usize, "group-expiry-secs"),
+            (self.message_expiry_secs as usize, "message-expiry-secs"),
         ];
         if let Some((_, name)) = nonzero.iter().find(|(v, _)| *v == 0) {
             return Err(ConfigError::Zero(name));
@@ -163,6 +209,16 @@ impl Config {
         }
         if matches!(&self.emit_key, Some(k) if k.is_empty()) {
             return Err(ConfigError::Empty("emit-key"));
+        }
+        if self.node_id.is_empty() {
+            return Err(ConfigError::Empty("node-id"));
+        }
+        if let Some(url) = self
+            .redis
+            .iter()
+            .find(|u| !u.starts_with("redis://") && !u.starts_with("unix://"))
+        {
+            return Err(ConfigError::RedisUrl(url.clone()));
         }
         match (&self.jwt_secret, self.dev_insecure) {
             (Some(_), true) => Err(ConfigError::TwoAuthenticators),
@@ -264,6 +320,30 @@ pub struct Settings {
     /// Shutdown grace period in milliseconds [default: 5000]
     #[arg(long, env = "WSRELAY_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
+    /// This node's name [default: the host name]
+    #[arg(long, env = "WSRELAY_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Redis URL of AWX's channel layer; repeat (or comma-separate) for several hosts
+    #[arg(long, env = "WSRELAY_REDIS", value_delimiter = ',')]
+    pub redis: Option<Vec<String>>,
+    /// channels_redis key prefix [default: asgi]
+    #[arg(long, env = "WSRELAY_CHANNEL_PREFIX")]
+    pub channel_prefix: Option<String>,
+    /// channels_redis group_expiry in seconds [default: 86400]
+    #[arg(long, env = "WSRELAY_GROUP_EXPIRY_SECS")]
+    pub group_expiry_secs: Option<u64>,
+    /// channels_redis message expiry in seconds [default: 60]
+    #[arg(long, env = "WSRELAY_MESSAGE_EXPIRY_SECS")]
+    pub message_expiry_secs: Option<u64>,
+    /// channels_redis random_prefix_length [default: 12]
+    #[arg(long, env = "WSRELAY_RANDOM_PREFIX_LENGTH")]
+    pub random_prefix_length: Option<usize>,
+    /// Messages popped per Redis round trip [default: 512]
+    #[arg(long, env = "WSRELAY_REDIS_BATCH")]
+    pub redis_batch: Option<usize>,
+    /// Subscribe replies wait this long for Redis membership, ms [default: 1000]
+    #[arg(long, env = "WSRELAY_SUBSCRIBE_ACK_TIMEOUT_MS")]
+    pub subscribe_ack_timeout_ms: Option<u64>,
 }
 
 impl Settings {
@@ -307,6 +387,14 @@ impl Settings {
             request_timeout_ms,
             close_timeout_ms,
             shutdown_grace_ms,
+            node_id,
+            redis,
+            channel_prefix,
+            group_expiry_secs,
+            message_expiry_secs,
+            random_prefix_length,
+            redis_batch,
+            subscribe_ack_timeout_ms,
         )
     }
 
@@ -337,6 +425,14 @@ impl Settings {
             request_timeout: ms(self.request_timeout_ms, d.request_timeout),
             close_timeout: ms(self.close_timeout_ms, d.close_timeout),
             shutdown_grace: ms(self.shutdown_grace_ms, d.shutdown_grace),
+            node_id: self.node_id.unwrap_or(d.node_id),
+            redis: self.redis.unwrap_or(d.redis),
+            channel_prefix: self.channel_prefix.unwrap_or(d.channel_prefix),
+            group_expiry_secs: self.group_expiry_secs.unwrap_or(d.group_expiry_secs),
+            message_expiry_secs: self.message_expiry_secs.unwrap_or(d.message_expiry_secs),
+            random_prefix_length: self.random_prefix_length.unwrap_or(d.random_prefix_length),
+            redis_batch: self.redis_batch.unwrap_or(d.redis_batch),
+            subscribe_ack_timeout: ms(self.subscribe_ack_timeout_ms, d.subscribe_ack_timeout),
         }
     }
 }

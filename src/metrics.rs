@@ -8,6 +8,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::ingest::channels_redis::Malformed;
+
 type Labels = Vec<(&'static str, String)>;
 
 /// Why a client's connection attempt or message was refused; label values.
@@ -88,6 +90,14 @@ pub struct Metrics {
     emit_requests: [Counter; 4],
     /// Groups held, per worker.
     pub groups: Vec<Gauge>,
+    /// Events accepted from the channels_redis layer.
+    pub events_in_redis: Counter,
+    /// 1 while the Redis membership loop last succeeded.
+    pub redis_up: Gauge,
+    /// Failed Redis operations (each outage counts its retries).
+    pub redis_errors: Counter,
+    /// Redis entries skipped, by reason (`Malformed::ALL` order).
+    redis_skipped: Vec<Counter>,
 }
 
 impl Metrics {
@@ -178,7 +188,21 @@ impl Metrics {
             "events_in",
             "Events accepted from producers",
             "source",
-            &["http", "inproc"],
+            &["http", "inproc", "redis"],
+        );
+        let redis_skipped = labelled(
+            &mut registry,
+            "redis_skipped",
+            "Redis entries skipped, by reason",
+            "reason",
+            &Malformed::ALL.map(Malformed::label),
+        );
+        let redis_errors = counter(&mut registry, "redis_errors", "Failed Redis operations");
+        let redis_up = Gauge::default();
+        registry.register(
+            "redis_up",
+            "1 while Redis memberships are up to date, 0 during an outage",
+            redis_up.clone(),
         );
         let emit_requests = labelled(
             &mut registry,
@@ -202,7 +226,20 @@ impl Metrics {
             dropped,
             emit_requests: emit_requests.try_into().expect("four classes"),
             groups,
+            events_in_redis: events_in[2].clone(),
+            redis_up,
+            redis_errors,
+            redis_skipped,
         }
+    }
+
+    /// The skip counter for `why`.
+    pub fn redis_skipped(&self, why: Malformed) -> &Counter {
+        let i = Malformed::ALL
+            .iter()
+            .position(|m| *m == why)
+            .expect("every reason has a counter");
+        &self.redis_skipped[i]
     }
 
     pub fn refused(&self, why: Refusal) -> &Counter {

@@ -29,6 +29,8 @@ pub enum StartError {
     Thread(std::io::Error),
     #[error("--io uring: io_uring is unavailable here: {0}")]
     Uring(std::io::Error),
+    #[error(transparent)]
+    Redis(#[from] crate::ingest::RedisError),
 }
 
 /// A running node. Dropping it shuts the node down.
@@ -68,6 +70,21 @@ impl Node {
             .unzip();
         let router = Arc::new(Router::new(routes.clone(), senders));
         let emitter = Emitter::new(router.clone(), metrics.clone(), config.max_group_name);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut threads = Vec::with_capacity(workers + 1);
+        let redis_ack = if config.redis.is_empty() {
+            None
+        } else {
+            let (handle, ack) = crate::ingest::redis::spawn(
+                &config,
+                routes.clone(),
+                router.clone(),
+                metrics.clone(),
+                shutdown_rx.clone(),
+            )?;
+            threads.push(handle);
+            Some(ack)
+        };
         let ctx = Arc::new(NodeContext {
             config,
             auth,
@@ -77,9 +94,8 @@ impl Node {
             ws_connections: AtomicUsize::new(0),
             io,
             workers,
+            redis_ack,
         });
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let mut threads = Vec::with_capacity(workers);
         for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
             let handle = spawn_worker(index, listener, inbox, ctx.clone(), shutdown_rx.clone())
                 .map_err(StartError::Thread)?;

@@ -56,7 +56,7 @@ impl Router {
             let table = self.routes.load();
             for (group, payload) in events {
                 routed.accepted += 1;
-                let Some((group, &mask)) = table.get_key_value(group) else {
+                let Some((group, &mask)) = table.groups.get_key_value(group) else {
                     routed.unrouted += 1;
                     continue;
                 };

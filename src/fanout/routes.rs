@@ -6,11 +6,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, Guard};
+use tokio::sync::Notify;
 
 use super::hub::RouteDelta;
 
-/// Group -> bit set of workers (bit `i` is worker `i`; at most 64 workers).
-pub type RouteTable = HashMap<Arc<str>, u64>;
+/// One snapshot of who holds what.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    /// Group -> bit set of workers (bit `i` is worker `i`).
+    pub groups: HashMap<Arc<str>, u64>,
+    /// Bumped by every change; lets a follower (the Redis membership loop)
+    /// say how far it has caught up.
+    pub epoch: u64,
+}
 
 /// The most workers a node can have: one bit each in a `u64`.
 pub const MAX_WORKERS: usize = 64;
@@ -19,13 +27,16 @@ pub struct Routes {
     table: ArcSwap<RouteTable>,
     /// Serialises writers only; readers never touch it.
     write: Mutex<()>,
+    /// Signalled after each change (a stored permit: none is missed).
+    changed: Notify,
 }
 
 impl Default for Routes {
     fn default() -> Self {
         Self {
-            table: ArcSwap::from_pointee(RouteTable::new()),
+            table: ArcSwap::from_pointee(RouteTable::default()),
             write: Mutex::new(()),
+            changed: Notify::new(),
         }
     }
 }
@@ -36,11 +47,22 @@ impl Routes {
         self.table.load()
     }
 
-    /// Publishes `worker`'s changes. Copy-on-write: the cost is one clone of
+    /// The current snapshot, owned (for holding across an `.await`).
+    pub fn load_full(&self) -> Arc<RouteTable> {
+        self.table.load_full()
+    }
+
+    /// Waits for the next change after the last wait.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    /// Publishes `worker`'s changes and returns the new epoch (`None` when
+    /// there was nothing to change). Copy-on-write: the cost is one clone of
     /// the table per call, paid by the subscribing side, never by emitters.
-    pub fn apply(&self, worker: usize, delta: &RouteDelta) {
+    pub fn apply(&self, worker: usize, delta: &RouteDelta) -> Option<u64> {
         if delta.is_empty() {
-            return;
+            return None;
         }
         let bit = 1u64 << worker;
         // A poisoned lock only means another writer panicked mid-clone; the
@@ -48,17 +70,21 @@ impl Routes {
         let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let mut table = RouteTable::clone(&self.table.load());
         for g in &delta.held {
-            *table.entry(g.clone()).or_insert(0) |= bit;
+            *table.groups.entry(g.clone()).or_insert(0) |= bit;
         }
         for g in &delta.freed {
-            if let Some(mask) = table.get_mut(&**g) {
+            if let Some(mask) = table.groups.get_mut(&**g) {
                 *mask &= !bit;
                 if *mask == 0 {
-                    table.remove(&**g);
+                    table.groups.remove(&**g);
                 }
             }
         }
+        table.epoch += 1;
+        let epoch = table.epoch;
         self.table.store(Arc::new(table));
+        self.changed.notify_one();
+        Some(epoch)
     }
 }
 
@@ -79,12 +105,14 @@ mod tests {
         r.apply(0, &delta(&["a", "b"], &[]));
         r.apply(3, &delta(&["b"], &[]));
         let before = r.load();
-        assert_eq!(before.get("b"), Some(&0b1001));
-        r.apply(0, &delta(&[], &["a", "b"]));
+        assert_eq!(before.groups.get("b"), Some(&0b1001));
+        assert_eq!(r.apply(0, &delta(&[], &["a", "b"])), Some(3));
+        assert_eq!(r.apply(0, &delta(&[], &[])), None);
         let now = r.load();
-        assert_eq!(now.get("a"), None);
-        assert_eq!(now.get("b"), Some(&0b1000));
+        assert_eq!(now.groups.get("a"), None);
+        assert_eq!(now.groups.get("b"), Some(&0b1000));
+        assert_eq!(now.epoch, 3);
         // An old snapshot held by a reader is untouched.
-        assert_eq!(before.get("a"), Some(&1));
+        assert_eq!(before.groups.get("a"), Some(&1));
     }
 }

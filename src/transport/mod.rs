@@ -81,4 +81,6 @@ pub(crate) struct NodeContext {
     pub ws_connections: AtomicUsize,
     pub io: Io,
     pub workers: usize,
+    /// The routes epoch the Redis ingest has recorded; `None` without Redis.
+    pub redis_ack: Option<tokio::sync::watch::Receiver<u64>>,
 }

@@ -212,7 +212,7 @@ impl Session<'_> {
                 match decoder.decode(&mut buf) {
                     Ok(Some(message)) => {
                         last_heard.set(Instant::now());
-                        if !self.on_message(message) {
+                        if !self.on_message(message).await {
                             return;
                         }
                     }
@@ -242,10 +242,10 @@ impl Session<'_> {
     }
 
     /// Handles one message; `false` ends the reading side.
-    fn on_message(&self, message: Message) -> bool {
+    async fn on_message(&self, message: Message) -> bool {
         match message {
             Message::Text(mut text) => {
-                self.on_text(&mut text);
+                self.on_text(&mut text).await;
                 true
             }
             Message::Binary(_) => {
@@ -279,7 +279,7 @@ impl Session<'_> {
         }
     }
 
-    fn on_text(&self, text: &mut [u8]) {
+    async fn on_text(&self, text: &mut [u8]) {
         let cfg = &self.worker.ctx.config;
         let limits = GroupLimits {
             max_groups: cfg.max_groups,
@@ -309,8 +309,17 @@ impl Session<'_> {
             )
         };
         // Routes first: once the client reads the reply, events emitted
-        // anywhere afterwards must reach it.
-        self.worker.publish(&delta);
+        // anywhere afterwards must reach it. With Redis, that includes the
+        // memberships there (AWX awaits its group_add the same way); the
+        // wait is bounded, and the ingest acknowledges at once while Redis
+        // is down.
+        if let Some(epoch) = self.worker.publish(&delta) {
+            if let Some(ack) = &self.worker.ctx.redis_ack {
+                let mut ack = ack.clone();
+                let wait = self.worker.ctx.config.subscribe_ack_timeout;
+                let _ = timeout(wait, ack.wait_for(|e| *e >= epoch)).await;
+            }
+        }
         self.control(frame::text_frame(reply.as_bytes()));
     }
 

@@ -25,14 +25,13 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    /// Publishes this worker's route changes and its group gauge.
-    pub fn publish(&self, delta: &RouteDelta) {
-        if delta.is_empty() {
-            return;
-        }
-        self.ctx.routes.apply(self.index, delta);
+    /// Publishes this worker's route changes and its group gauge; returns
+    /// the routes epoch when something changed.
+    pub fn publish(&self, delta: &RouteDelta) -> Option<u64> {
+        let epoch = self.ctx.routes.apply(self.index, delta)?;
         let groups = self.hub.borrow().group_count();
         self.ctx.metrics.groups[self.index].set(groups as i64);
+        Some(epoch)
     }
 }
 

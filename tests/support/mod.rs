@@ -2,6 +2,8 @@
 //! HS256 primitives directly, a tokio-tungstenite client, raw HTTP.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -1,0 +1,434 @@
+//! AWX's channels_redis layer as an event source: on its own thread, one
+//! loop keeps this node's channels registered in exactly the groups its
+//! clients hold, and another drains the channel key with pipelined pops and
+//! hands the events to the router.
+//!
+//! Redis going away is a normal event: each loop logs once per outage,
+//! counts the error, backs off with jitter (100 ms doubling to 5 s), and on
+//! return re-registers every membership. Clients stay connected throughout.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use deadpool_redis::redis::{self, Value};
+use deadpool_redis::{Pool, Runtime};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::channels_redis::{consistent_hash, decode, Malformed, Naming};
+use crate::config::Config;
+use crate::fanout::{Router, Routes};
+use crate::metrics::Metrics;
+
+/// Why the Redis ingest could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error("--redis {url}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("cannot start the redis ingest thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Groups registered per pipelined round trip.
+const MEMBERSHIP_CHUNK: usize = 500;
+
+struct Ingest {
+    naming: Naming,
+    pools: Vec<Pool>,
+    routes: Arc<Routes>,
+    router: Arc<Router>,
+    metrics: Arc<Metrics>,
+    group_expiry_secs: u64,
+    message_expiry_secs: f64,
+    prefix_len: usize,
+    batch: usize,
+    /// The routes epoch whose memberships are recorded in Redis (or known
+    /// unrecordable while Redis is down).
+    acked: watch::Sender<u64>,
+    /// Raised by the drain loop when Redis failed: a restarted Redis has
+    /// lost every membership, so the membership loop re-adds them all.
+    resync: tokio::sync::Notify,
+}
+
+/// Starts the ingest thread. Returns its handle and the receiver of the
+/// acknowledged routes epoch (subscribe replies wait on it).
+pub(crate) fn spawn(
+    config: &Config,
+    routes: Arc<Routes>,
+    router: Arc<Router>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(std::thread::JoinHandle<()>, watch::Receiver<u64>), RedisError> {
+    let pools = config
+        .redis
+        .iter()
+        .map(|url| {
+            deadpool_redis::Config::from_url(url.clone())
+                .create_pool(Some(Runtime::Tokio1))
+                .map_err(|e| RedisError::Url {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (acked, ack_rx) = watch::channel(0);
+    let ingest = Arc::new(Ingest {
+        naming: Naming::new(&config.channel_prefix, &config.node_id),
+        pools,
+        routes,
+        router,
+        metrics,
+        group_expiry_secs: config.group_expiry_secs,
+        message_expiry_secs: config.message_expiry_secs as f64,
+        prefix_len: config.random_prefix_length,
+        batch: config.redis_batch,
+        acked,
+        resync: tokio::sync::Notify::new(),
+    });
+    tracing::info!(
+        hosts = ingest.pools.len(),
+        channel_key = %ingest.naming.channel_key(),
+        "redis ingest (channels_redis format) starting"
+    );
+    let handle = std::thread::Builder::new()
+        .name("wsrelay-redis".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return tracing::error!(error = %e, "cannot build the redis runtime"),
+            };
+            rt.block_on(async {
+                let registered = tokio::sync::Mutex::new(HashSet::new());
+                tokio::select! {
+                    () = ingest.membership(&registered) => {}
+                    () = ingest.drain() => {}
+                    _ = shutdown.changed() => {}
+                }
+                ingest.unregister(&registered).await;
+            });
+        })
+        .map_err(RedisError::Thread)?;
+    Ok((handle, ack_rx))
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Exponential backoff with jitter: 100 ms doubling to 5 s.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff(Duration::from_millis(100))
+    }
+    fn reset(&mut self) {
+        self.0 = Duration::from_millis(100);
+    }
+    async fn wait(&mut self) {
+        let jitter = rand::random_range(0.5..1.5);
+        tokio::time::sleep(self.0.mul_f64(jitter)).await;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+    }
+}
+
+// === impl Ingest ===
+
+impl Ingest {
+    fn host_of(&self, name: &str) -> usize {
+        consistent_hash(name, self.pools.len())
+    }
+
+    /// Keeps Redis memberships equal to the groups held on this node, and
+    /// refreshes them well before `group_expiry` drops them.
+    async fn membership(&self, registered: &tokio::sync::Mutex<HashSet<Arc<str>>>) {
+        let refresh_every = Duration::from_secs((self.group_expiry_secs / 4).clamp(1, 300));
+        let mut next_refresh = Instant::now() + refresh_every;
+        let mut backoff = Backoff::new();
+        let mut down = false;
+        // After an error, re-add everything: Redis may have restarted empty.
+        let mut add_all = false;
+        loop {
+            let snap = self.routes.load_full();
+            let refresh = add_all || Instant::now() >= next_refresh;
+            let result = {
+                let registered = registered.lock().await;
+                let add: Vec<&Arc<str>> = snap
+                    .groups
+                    .keys()
+                    .filter(|g| refresh || !registered.contains(*g))
+                    .collect();
+                let remove: Vec<&Arc<str>> = registered
+                    .iter()
+                    .filter(|g| !snap.groups.contains_key(*g))
+                    .collect();
+                self.sync(&add, &remove).await
+            };
+            match result {
+                Ok(()) => {
+                    *registered.lock().await = snap.groups.keys().cloned().collect();
+                    if down {
+                        tracing::info!("redis is back; memberships re-registered");
+                        down = false;
+                    }
+                    self.metrics.redis_up.set(1);
+                    backoff.reset();
+                    add_all = false;
+                    if refresh {
+                        next_refresh = Instant::now() + refresh_every;
+                    }
+                }
+                Err(e) => {
+                    if !down {
+                        tracing::warn!(error = %e, "redis membership update failed; retrying with backoff");
+                        down = true;
+                    }
+                    self.metrics.redis_up.set(0);
+                    self.metrics.redis_errors.inc();
+                    add_all = true;
+                }
+            }
+            // Subscribers wait for this, not for Redis to come back.
+            self.acked.send_replace(snap.epoch);
+            if down {
+                backoff.wait().await;
+                continue;
+            }
+            tokio::select! {
+                () = self.routes.changed() => {}
+                () = tokio::time::sleep_until(next_refresh) => {}
+                () = self.resync.notified() => add_all = true,
+            }
+        }
+    }
+
+    /// Adds (with a fresh score) and removes this node's channel in groups,
+    /// pipelined per host in chunks.
+    async fn sync(&self, add: &[&Arc<str>], remove: &[&Arc<str>]) -> redis::RedisResult<()> {
+        let now = now_secs();
+        for host in 0..self.pools.len() {
+            let adds: Vec<&str> = add
+                .iter()
+                .map(|g| &***g)
+                .filter(|g| self.host_of(g) == host)
+                .collect();
+            let removes: Vec<&str> = remove
+                .iter()
+                .map(|g| &***g)
+                .filter(|g| self.host_of(g) == host)
+                .collect();
+            if adds.is_empty() && removes.is_empty() {
+                continue;
+            }
+            let mut conn = self.pools[host].get().await.map_err(pool_error)?;
+            for chunk in adds.chunks(MEMBERSHIP_CHUNK) {
+                let mut pipe = redis::pipe();
+                for g in chunk {
+                    let key = self.naming.group_key(g);
+                    pipe.cmd("ZADD")
+                        .arg(&key)
+                        .arg(now)
+                        .arg(self.naming.channel(g))
+                        .ignore();
+                    pipe.cmd("EXPIRE")
+                        .arg(&key)
+                        .arg(self.group_expiry_secs)
+                        .ignore();
+                }
+                pipe.query_async::<()>(&mut *conn).await?;
+            }
+            for chunk in removes.chunks(MEMBERSHIP_CHUNK) {
+                let mut pipe = redis::pipe();
+                for g in chunk {
+                    pipe.cmd("ZREM")
+                        .arg(self.naming.group_key(g))
+                        .arg(self.naming.channel(g))
+                        .ignore();
+                }
+                pipe.query_async::<()>(&mut *conn).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// On shutdown: leave every group, best effort within a second.
+    async fn unregister(&self, registered: &tokio::sync::Mutex<HashSet<Arc<str>>>) {
+        let groups: Vec<Arc<str>> = registered.lock().await.iter().cloned().collect();
+        let refs: Vec<&Arc<str>> = groups.iter().collect();
+        match tokio::time::timeout(Duration::from_secs(1), self.sync(&[], &refs)).await {
+            Ok(Ok(())) => tracing::info!(groups = groups.len(), "left every redis group"),
+            _ => tracing::warn!(
+                "could not leave the redis groups on shutdown; they expire by group_expiry"
+            ),
+        }
+    }
+
+    /// Drains the channel key: a blocking pop and a counted pop of the
+    /// backlog, in one round trip, then routes the batch in score order.
+    async fn drain(&self) {
+        let key = self.naming.channel_key();
+        let host = self.host_of(&self.naming.channel_base);
+        let mut backoff = Backoff::new();
+        let mut down = false;
+        loop {
+            let mut conn = match self.pools[host].get().await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.drain_failed(&mut down, &pool_error(e));
+                    backoff.wait().await;
+                    continue;
+                }
+            };
+            // redis-rs times replies out after 500 ms by default; the
+            // blocking pop waits up to 1 s on purpose.
+            conn.set_response_timeout(Duration::from_secs(10));
+            loop {
+                let reply = redis::pipe()
+                    .cmd("BZPOPMIN")
+                    .arg(&key)
+                    .arg(1)
+                    .cmd("ZPOPMIN")
+                    .arg(&key)
+                    .arg(self.batch.saturating_sub(1).max(1))
+                    .query_async::<(Value, Value)>(&mut *conn)
+                    .await;
+                match reply {
+                    Ok((first, rest)) => {
+                        if down {
+                            tracing::info!("redis drain reconnected");
+                            down = false;
+                        }
+                        backoff.reset();
+                        let mut members = blocking_pop_member(first);
+                        members.extend(pairs(rest));
+                        if !members.is_empty() {
+                            self.deliver(members).await;
+                        }
+                    }
+                    Err(e) => {
+                        self.drain_failed(&mut down, &e);
+                        break;
+                    }
+                }
+            }
+            backoff.wait().await;
+        }
+    }
+
+    fn drain_failed(&self, down: &mut bool, e: &redis::RedisError) {
+        if !*down {
+            tracing::warn!(error = %e, "redis drain failed; retrying with backoff");
+            *down = true;
+        }
+        self.metrics.redis_errors.inc();
+        self.metrics.redis_up.set(0);
+        self.resync.notify_one();
+    }
+
+    async fn deliver(&self, members: Vec<(Vec<u8>, f64)>) {
+        let now = now_secs();
+        let mut events: Vec<(String, Bytes)> = Vec::with_capacity(members.len());
+        for (member, score) in members {
+            match decode(
+                &member,
+                self.prefix_len,
+                now - score,
+                self.message_expiry_secs,
+            ) {
+                Ok(msg) => {
+                    for channel in &msg.channels {
+                        match self.naming.group_of(channel) {
+                            Some(group) => events.push((group.to_owned(), msg.text.clone())),
+                            None => self.skip(Malformed::BadChannels, &member),
+                        }
+                    }
+                }
+                Err(why) => self.skip(why, &member),
+            }
+        }
+        if events.is_empty() {
+            return;
+        }
+        let routed = self
+            .router
+            .route(events.iter().map(|(g, t)| (g.as_str(), &t[..])))
+            .await;
+        if let Ok(routed) = routed {
+            self.metrics.events_in_redis.inc_by(routed.accepted);
+            self.metrics.events_unrouted.inc_by(routed.unrouted);
+        }
+    }
+
+    fn skip(&self, why: Malformed, member: &[u8]) {
+        let counter = self.metrics.redis_skipped(why);
+        counter.inc();
+        // A rate limit without state: the first of each reason, then every
+        // thousandth.
+        let n = counter.get();
+        if n == 1 || n.is_multiple_of(1000) {
+            tracing::warn!(reason = %why, count = n, bytes = member.len(), "skipped a redis entry");
+        }
+    }
+}
+
+fn pool_error(e: deadpool_redis::PoolError) -> redis::RedisError {
+    match e {
+        deadpool_redis::PoolError::Backend(e) => e,
+        other => redis::RedisError::from((redis::ErrorKind::Io, "redis pool", other.to_string())),
+    }
+}
+
+fn score(v: &Value) -> Option<f64> {
+    match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::Double(d) => Some(*d),
+        Value::SimpleString(s) => s.parse().ok(),
+        Value::Int(i) => Some(*i as f64),
+        _ => None,
+    }
+}
+
+/// `BZPOPMIN`'s reply: nil, or `[key, member, score]`.
+fn blocking_pop_member(v: Value) -> Vec<(Vec<u8>, f64)> {
+    match v {
+        Value::Array(items) if items.len() == 3 => match (&items[1], score(&items[2])) {
+            (Value::BulkString(m), Some(s)) => vec![(m.clone(), s)],
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
+}
+
+/// `ZPOPMIN key n`'s reply: a flat `[member, score, ...]` (RESP2) or
+/// `[[member, score], ...]` (RESP3).
+fn pairs(v: Value) -> Vec<(Vec<u8>, f64)> {
+    let Value::Array(items) = v else {
+        return Vec::new();
+    };
+    if items.iter().all(|i| matches!(i, Value::Array(_))) {
+        return items
+            .into_iter()
+            .filter_map(|i| match i {
+                Value::Array(pair) if pair.len() == 2 => match (&pair[0], score(&pair[1])) {
+                    (Value::BulkString(m), Some(s)) => Some((m.clone(), s)),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+    }
+    items
+        .chunks(2)
+        .filter_map(|pair| match (pair.first(), pair.get(1).and_then(score)) {
+            (Some(Value::BulkString(m)), Some(s)) => Some((m.clone(), s)),
+            _ => None,
+        })
+        .collect()
+}
