@@ -132,6 +132,17 @@ pub struct Config {
     /// memberships, so that events emitted after the reply reach the
     /// client (AWX's `group_add` is awaited the same way). Default 1 s.
     pub subscribe_ack_timeout: Duration,
+    /// The native Redis Stream producers `XADD` to (fields `group`,
+    /// `payload`); empty disables it. Default `wsrelay:events`.
+    pub stream_key: String,
+    /// Consumed entries are trimmed as they are acknowledged; this caps the
+    /// stream's length when wsrelay falls behind (entries removed unread
+    /// are counted). Default 1,000,000.
+    pub stream_maxlen: u64,
+    /// After start, Redis backlogs are held this long before draining, so
+    /// clients reconnecting after a restart subscribe first and miss
+    /// nothing Redis kept. Default 2 s.
+    pub backlog_hold: Duration,
 }
 
 impl Default for Config {
@@ -167,6 +178,9 @@ impl Default for Config {
             random_prefix_length: 12,
             redis_batch: 512,
             subscribe_ack_timeout: Duration::from_secs(1),
+            stream_key: "wsrelay:events".to_owned(),
+            stream_maxlen: 1_000_000,
+            backlog_hold: Duration::from_secs(2),
         }
     }
 }
@@ -344,6 +358,15 @@ pub struct Settings {
     /// Subscribe replies wait this long for Redis membership, ms [default: 1000]
     #[arg(long, env = "WSRELAY_SUBSCRIBE_ACK_TIMEOUT_MS")]
     pub subscribe_ack_timeout_ms: Option<u64>,
+    /// Redis Stream of native producers; empty disables [default: wsrelay:events]
+    #[arg(long, env = "WSRELAY_STREAM_KEY")]
+    pub stream_key: Option<String>,
+    /// Cap on the stream's length when behind; unread entries past it are trimmed and counted [default: 1000000]
+    #[arg(long, env = "WSRELAY_STREAM_MAXLEN")]
+    pub stream_maxlen: Option<u64>,
+    /// Hold Redis backlogs this long after start, ms [default: 2000]
+    #[arg(long, env = "WSRELAY_BACKLOG_HOLD_MS")]
+    pub backlog_hold_ms: Option<u64>,
 }
 
 impl Settings {
@@ -395,6 +418,9 @@ impl Settings {
             random_prefix_length,
             redis_batch,
             subscribe_ack_timeout_ms,
+            stream_key,
+            stream_maxlen,
+            backlog_hold_ms,
         )
     }
 
@@ -433,6 +459,9 @@ impl Settings {
             random_prefix_length: self.random_prefix_length.unwrap_or(d.random_prefix_length),
             redis_batch: self.redis_batch.unwrap_or(d.redis_batch),
             subscribe_ack_timeout: ms(self.subscribe_ack_timeout_ms, d.subscribe_ack_timeout),
+            stream_key: self.stream_key.unwrap_or(d.stream_key),
+            stream_maxlen: self.stream_maxlen.unwrap_or(d.stream_maxlen),
+            backlog_hold: ms(self.backlog_hold_ms, d.backlog_hold),
         }
     }
 }

@@ -11,7 +11,8 @@
 //! - [`ingest`]: producers (in-process, HTTP).
 //! - [`auth`], [`config`], [`metrics`]: boundaries and plain data.
 //! - [`server`]: the one place that wires the parts together.
-//! - [`client`], [`demo`]: a minimal websocket client and the storm demo.
+//! - [`client`], [`demo`], [`producer`]: a light websocket client, the storm
+//!   demo, and the producers behind `wsrelay emit`.
 
 pub mod auth;
 pub mod client;
@@ -20,6 +21,7 @@ pub mod demo;
 pub mod fanout;
 pub mod ingest;
 pub mod metrics;
+pub mod producer;
 pub mod protocol;
 pub mod server;
 mod transport;

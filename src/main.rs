@@ -1,11 +1,8 @@
 //! The `wsrelay` binary: parse the command line, start, map errors to exit
 //! codes (2 for a configuration the node refuses, 1 for anything else).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -40,20 +37,29 @@ enum Command {
     },
     /// Run a node under a simulated playbook event storm and print live figures
     Demo(DemoOptions),
-    /// Emit one event to a node over HTTP
+    /// Emit events: to a node over HTTP, or into the Redis Stream nodes read
     Emit {
         /// Base URL of the node, e.g. http://127.0.0.1:8051
         #[arg(long, env = "WSRELAY_URL", default_value = "http://127.0.0.1:8051")]
         url: String,
-        /// The node's emit key
+        /// The node's emit key (HTTP)
         #[arg(long, env = "WSRELAY_EMIT_KEY", hide_env_values = true)]
-        key: String,
+        key: Option<String>,
+        /// XADD to this Redis instead of POSTing, pipelined
+        #[arg(long, conflicts_with = "key")]
+        redis: Option<String>,
+        /// The stream to XADD to
+        #[arg(long, default_value = "wsrelay:events")]
+        stream: String,
         /// Group to emit to, e.g. jobs-status_changed
-        #[arg(long)]
-        group: String,
+        #[arg(long, required_unless_present = "jsonl", requires = "data")]
+        group: Option<String>,
         /// The payload: JSON text, delivered verbatim
-        #[arg(long)]
-        data: String,
+        #[arg(long, requires = "group")]
+        data: Option<String>,
+        /// Many events: a file (or - for stdin) of lines {"group": G, "payload": JSON}
+        #[arg(long, conflicts_with_all = ["group", "data"])]
+        jsonl: Option<String>,
     },
 }
 
@@ -80,9 +86,12 @@ fn main() -> ExitCode {
         Command::Emit {
             url,
             key,
+            redis,
+            stream,
             group,
             data,
-        } => emit(&url, &key, &group, &data),
+            jsonl,
+        } => emit(&url, key, redis, &stream, group, data, jsonl),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -118,35 +127,34 @@ fn serve(config: Option<PathBuf>, flags: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A one-shot HTTP/1.1 POST, enough for scripts; `http://` only.
-fn emit(url: &str, key: &str, group: &str, data: &str) -> anyhow::Result<()> {
-    let payload: &serde_json::value::RawValue =
-        serde_json::from_str(data).context("--data is not valid JSON")?;
-    let Some(rest) = url.strip_prefix("http://") else {
-        bail!("--url must start with http:// (TLS is the proxy's job)");
+/// `wsrelay emit`: one event (`--group`/`--data`) or many (`--jsonl`),
+/// over HTTP or into the Redis Stream.
+fn emit(
+    url: &str,
+    key: Option<String>,
+    redis: Option<String>,
+    stream: &str,
+    group: Option<String>,
+    data: Option<String>,
+    jsonl: Option<String>,
+) -> anyhow::Result<()> {
+    let events = match (jsonl, group, data) {
+        (Some(path), _, _) => wsrelay::producer::read_jsonl(&path)?,
+        (None, Some(group), Some(data)) => {
+            let payload: &serde_json::value::RawValue =
+                serde_json::from_str(&data).context("--data is not valid JSON")?;
+            vec![(group, payload.get().to_owned())]
+        }
+        _ => bail!("give --group and --data, or --jsonl"),
     };
-    let host = rest.split('/').next().unwrap_or(rest);
-    let body = format!(
-        r#"{{"group": {}, "payload": {}}}"#,
-        serde_json::to_string(group)?,
-        payload.get()
-    );
-    let mut stream =
-        TcpStream::connect(host).with_context(|| format!("cannot connect to {host}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        stream,
-        "POST /api/v1/emit HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, reply) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head.lines().next().unwrap_or("");
-    if !status.starts_with("HTTP/1.1 200") {
-        bail!("{status}: {reply}");
-    }
-    println!("{reply}");
+    let accepted = match (redis, key) {
+        (Some(redis), _) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(wsrelay::producer::redis_stream(&redis, stream, &events))?,
+        (None, Some(key)) => wsrelay::producer::http(url, &key, &events)?,
+        (None, None) => bail!("give --key (HTTP emit) or --redis (stream)"),
+    };
+    println!(r#"{{"accepted": {accepted}}}"#);
     Ok(())
 }

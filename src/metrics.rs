@@ -9,6 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::ingest::channels_redis::Malformed;
+use crate::ingest::stream::BadEntry;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -98,6 +99,12 @@ pub struct Metrics {
     pub redis_errors: Counter,
     /// Redis entries skipped, by reason (`Malformed::ALL` order).
     redis_skipped: Vec<Counter>,
+    /// Events accepted from the native Redis Stream.
+    pub events_in_stream: Counter,
+    /// Stream entries skipped, by reason (`BadEntry::ALL` order).
+    stream_skipped: Vec<Counter>,
+    /// Stream entries removed unread because the stream passed its cap.
+    pub stream_trimmed_unread: Counter,
 }
 
 impl Metrics {
@@ -188,7 +195,14 @@ impl Metrics {
             "events_in",
             "Events accepted from producers",
             "source",
-            &["http", "inproc", "redis"],
+            &["http", "inproc", "redis", "stream"],
+        );
+        let stream_skipped = labelled(
+            &mut registry,
+            "stream_skipped",
+            "Redis Stream entries skipped, by reason",
+            "reason",
+            &BadEntry::ALL.map(BadEntry::label),
         );
         let redis_skipped = labelled(
             &mut registry,
@@ -198,6 +212,11 @@ impl Metrics {
             &Malformed::ALL.map(Malformed::label),
         );
         let redis_errors = counter(&mut registry, "redis_errors", "Failed Redis operations");
+        let stream_trimmed_unread = counter(
+            &mut registry,
+            "stream_trimmed_unread",
+            "Stream entries trimmed unread because the stream passed --stream-maxlen",
+        );
         let redis_up = Gauge::default();
         registry.register(
             "redis_up",
@@ -230,7 +249,19 @@ impl Metrics {
             redis_up,
             redis_errors,
             redis_skipped,
+            events_in_stream: events_in[3].clone(),
+            stream_skipped,
+            stream_trimmed_unread,
         }
+    }
+
+    /// The skip counter for `why`.
+    pub fn stream_skipped(&self, why: BadEntry) -> &Counter {
+        let i = BadEntry::ALL
+            .iter()
+            .position(|b| *b == why)
+            .expect("every reason has a counter");
+        &self.stream_skipped[i]
     }
 
     /// The skip counter for `why`.

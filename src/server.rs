@@ -38,6 +38,10 @@ pub struct Node {
     addr: SocketAddr,
     emitter: Emitter,
     metrics: Arc<Metrics>,
+    /// Stops the Redis ingest; signalled and joined before the workers, so
+    /// everything it read and acknowledged is delivered.
+    stop_ingest: watch::Sender<bool>,
+    ingest: Option<JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -71,19 +75,19 @@ impl Node {
         let router = Arc::new(Router::new(routes.clone(), senders));
         let emitter = Emitter::new(router.clone(), metrics.clone(), config.max_group_name);
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let mut threads = Vec::with_capacity(workers + 1);
-        let redis_ack = if config.redis.is_empty() {
-            None
+        let (stop_ingest, stop_ingest_rx) = watch::channel(false);
+        let mut threads = Vec::with_capacity(workers);
+        let (ingest, redis_ack) = if config.redis.is_empty() {
+            (None, None)
         } else {
             let (handle, ack) = crate::ingest::redis::spawn(
                 &config,
                 routes.clone(),
                 router.clone(),
                 metrics.clone(),
-                shutdown_rx.clone(),
+                stop_ingest_rx,
             )?;
-            threads.push(handle);
-            Some(ack)
+            (Some(handle), Some(ack))
         };
         let ctx = Arc::new(NodeContext {
             config,
@@ -95,6 +99,7 @@ impl Node {
             io,
             workers,
             redis_ack,
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
         });
         for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
             let handle = spawn_worker(index, listener, inbox, ctx.clone(), shutdown_rx.clone())
@@ -106,6 +111,8 @@ impl Node {
             addr,
             emitter,
             metrics,
+            stop_ingest,
+            ingest,
             shutdown,
             threads,
         })
@@ -125,13 +132,18 @@ impl Node {
         &self.metrics
     }
 
-    /// Closes every client with 1001, waits up to the grace period, and
-    /// stops the workers.
+    /// Stops reading Redis, delivers what was read, flushes every client's
+    /// queue and closes it with 1001 (within the grace period), and stops
+    /// the workers.
     pub fn shutdown(mut self) {
         self.stop();
     }
 
     fn stop(&mut self) {
+        let _ = self.stop_ingest.send(true);
+        if let Some(t) = self.ingest.take() {
+            let _ = t.join();
+        }
         let _ = self.shutdown.send(true);
         for t in self.threads.drain(..) {
             let _ = t.join();

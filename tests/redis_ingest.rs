@@ -12,11 +12,34 @@ use support::*;
 const NODE: &str = "test-node";
 
 fn start_with_redis(urls: Vec<String>) -> TestNode {
+    start_with_redis_and(urls, |_| {})
+}
+
+fn start_with_redis_and(urls: Vec<String>, tune: impl FnOnce(&mut wsrelay::Config)) -> TestNode {
     start(|c| {
         c.redis = urls;
         c.node_id = NODE.into();
         c.group_expiry_secs = 157_784_760; // AWX's
+        c.backlog_hold = Duration::ZERO;
+        tune(c);
     })
+}
+
+fn stream_events(range: std::ops::Range<u32>, group: &str) -> Vec<(String, String)> {
+    range
+        .map(|i| {
+            (
+                group.to_owned(),
+                format!(r#"{{"n": {i}, "stdout": "line {i}"}}"#),
+            )
+        })
+        .collect()
+}
+
+fn seq_of(text: &str) -> u32 {
+    serde_json::from_str::<serde_json::Value>(text).unwrap()["n"]
+        .as_u64()
+        .unwrap() as u32
 }
 
 /// Polls until `f` holds (Redis state changes asynchronously).
@@ -274,4 +297,223 @@ async fn a_redis_restart_is_survived_without_losing_clients() {
     assert_eq!(next_text(&mut ws).await, sent[1]);
     assert!(metric(n.addr, "wsrelay_redis_errors_total").await > 0);
     wait_metric(n.addr, "wsrelay_redis_up 1").await;
+    // The stream reader recovers too: its consumer group is created again.
+    let events = stream_events(0..1, "job_events-5");
+    let mut delivered = false;
+    for _ in 0..100 {
+        wsrelay::producer::redis_stream(&redis.url(), "wsrelay:events", &events)
+            .await
+            .unwrap();
+        if let Ok(text) = tokio::time::timeout(Duration::from_millis(200), next_text(&mut ws)).await
+        {
+            assert_eq!(seq_of(&text), 0);
+            delivered = true;
+            break;
+        }
+    }
+    assert!(delivered, "stream ingest resumed after the restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_stream_events_arrive_in_order_and_are_acknowledged() {
+    const N: u32 = 100_000;
+    let redis = RedisServer::start();
+    let n = start_with_redis(vec![redis.url()]);
+    let mut ws = connect(n.addr, &token(1)).await;
+    subscribe(&mut ws, json!({"job_events": [3]})).await;
+    let reader = tokio::spawn(async move {
+        for want in 0..N {
+            assert_eq!(seq_of(&next_text(&mut ws).await), want);
+        }
+    });
+    let events = stream_events(0..N, "job_events-3");
+    let added = wsrelay::producer::redis_stream(&redis.url(), "wsrelay:events", &events)
+        .await
+        .unwrap();
+    assert_eq!(added, u64::from(N));
+    reader.await.unwrap();
+    wait_metric(
+        n.addr,
+        &format!("wsrelay_events_in_total{{source=\"stream\"}} {N}"),
+    )
+    .await;
+    let group = format!("wsrelay:{NODE}");
+    eventually("all acknowledged", || {
+        redis.query(&["XPENDING", "wsrelay:events", &group])[0] == "0"
+    })
+    .await;
+    // Consumed entries are trimmed (MINID ~ leaves at most a partial node).
+    let len: u64 = redis.query(&["XLEN", "wsrelay:events"])[0].parse().unwrap();
+    assert!(len < 1_000, "consumed entries trimmed, {len} left");
+    wait_metric(n.addr, "wsrelay_stream_trimmed_unread_total 0").await;
+}
+
+#[tokio::test]
+async fn bad_stream_entries_are_skipped_counted_and_good_ones_delivered() {
+    let redis = RedisServer::start();
+    let n = start_with_redis(vec![redis.url()]);
+    let mut ws = connect(n.addr, &token(1)).await;
+    subscribe(&mut ws, json!({"job_events": [1]})).await;
+    // Let the reader create its group before the entries go in.
+    eventually("consumer group exists", || {
+        redis
+            .try_query_public(&["XINFO", "GROUPS", "wsrelay:events"])
+            .is_ok_and(|r| !r.is_empty())
+    })
+    .await;
+    let xadd = |fields: &[&[u8]]| {
+        let mut args = vec![b"XADD".to_vec(), b"wsrelay:events".to_vec(), b"*".to_vec()];
+        args.extend(fields.iter().map(|f| f.to_vec()));
+        redis.query_bytes(&args);
+    };
+    xadd(&[b"group", b"job_events-1", b"payload", b"{\"n\": 1}"]);
+    xadd(&[b"payload", b"{}"]);
+    xadd(&[b"group", b"", b"payload", b"{}"]);
+    xadd(&[b"group", b"job_events-1"]);
+    xadd(&[b"group", b"job_events-1", b"payload", b"{not json"]);
+    xadd(&[b"group", b"job_events-1", b"payload", b"{\"n\": 2}"]);
+    assert_eq!(next_text(&mut ws).await, r#"{"n": 1}"#);
+    assert_eq!(next_text(&mut ws).await, r#"{"n": 2}"#);
+    for reason in [
+        "missing_group",
+        "bad_group",
+        "missing_payload",
+        "bad_payload",
+    ] {
+        wait_metric(
+            n.addr,
+            &format!("wsrelay_stream_skipped_total{{reason=\"{reason}\"}} 1"),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_stream_past_its_cap_loses_the_oldest_unread_and_counts_them() {
+    let redis = RedisServer::start();
+    // The reader holds for a second: 2,000 entries pile up meanwhile.
+    let n = start_with_redis_and(vec![redis.url()], |c| {
+        c.stream_maxlen = 100;
+        c.backlog_hold = Duration::from_millis(1500);
+    });
+    let mut ws = connect(n.addr, &token(1)).await;
+    subscribe(&mut ws, json!({"job_events": [1]})).await;
+    let events = stream_events(0..2000, "job_events-1");
+    wsrelay::producer::redis_stream(&redis.url(), "wsrelay:events", &events)
+        .await
+        .unwrap();
+    // The first read takes 512 (the default batch); the cap then leaves the
+    // newest 100 unread entries and counts the 1,388 it removed.
+    let mut got = Vec::new();
+    for _ in 0..612 {
+        got.push(seq_of(&next_text(&mut ws).await));
+    }
+    let want: Vec<u32> = (0..512).chain(1900..2000).collect();
+    assert_eq!(got, want);
+    wait_metric(n.addr, "wsrelay_stream_trimmed_unread_total 1388").await;
+}
+
+#[tokio::test]
+async fn a_restarted_node_resumes_the_stream_with_nothing_lost() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    const N: u32 = 100_000;
+    let redis = RedisServer::start();
+    let bin = env!("CARGO_BIN_EXE_wsrelay");
+    let serve = || {
+        let mut c = tokio::process::Command::new(bin);
+        c.args(["serve", "--listen", "127.0.0.1:0", "--jwt-secret", SECRET])
+            .args(["--redis", &redis.url(), "--node-id", "restart-node"])
+            .args(["--backlog-hold-ms", "2000", "--io", "epoll"])
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = c.spawn().unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        async move {
+            let addr: std::net::SocketAddr = loop {
+                let line = lines.next_line().await.unwrap().expect("serve listens");
+                if let Some(rest) = line.split("addr=").nth(1) {
+                    break rest.split_whitespace().next().unwrap().parse().unwrap();
+                }
+            };
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            (child, addr)
+        }
+    };
+    let (child, addr) = serve().await;
+    let mut ws = connect(addr, &token(1)).await;
+    subscribe(&mut ws, json!({"job_events": [9]})).await;
+    // The first half, produced while the node runs, in the background.
+    let url = redis.url();
+    let first_half = tokio::spawn(async move {
+        let events = stream_events(0..N / 2, "job_events-9");
+        wsrelay::producer::redis_stream(&url, "wsrelay:events", &events)
+            .await
+            .unwrap()
+    });
+    let mut want = 0u32;
+    while want < 20_000 {
+        assert_eq!(seq_of(&next_text(&mut ws).await), want);
+        want += 1;
+    }
+    // Mid-stream: SIGTERM. The node stops reading, delivers what it read,
+    // flushes this client's queue, and closes it with 1001.
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    loop {
+        match next(&mut ws).await {
+            tokio_tungstenite::tungstenite::Message::Text(t) => {
+                assert_eq!(seq_of(&t), want, "in order, no gap, before the close");
+                want += 1;
+            }
+            tokio_tungstenite::tungstenite::Message::Close(Some(f)) => {
+                assert_eq!(f.reason.as_ref(), "server shutting down");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    first_half.await.unwrap();
+    drop(child);
+
+    // Restart; the client reconnects within the backlog hold and gets the
+    // rest of the first half, then the second half (through the CLI).
+    let (_child, addr) = serve().await;
+    let mut ws = connect(addr, &token(1)).await;
+    subscribe(&mut ws, json!({"job_events": [9]})).await;
+    let dir = std::env::temp_dir().join(format!("wsrelay-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("second.jsonl");
+    let lines: Vec<String> = stream_events(N / 2..N, "job_events-9")
+        .into_iter()
+        .map(|(g, p)| format!(r#"{{"group": "{g}", "payload": {p}}}"#))
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = tokio::process::Command::new(bin)
+        .args(["emit", "--redis", &redis.url(), "--jsonl"])
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"accepted": 50000}"#
+    );
+    while want < N {
+        assert_eq!(
+            seq_of(&next_text(&mut ws).await),
+            want,
+            "resumed where it stopped"
+        );
+        want += 1;
+    }
 }

@@ -239,12 +239,22 @@ impl Hub {
         discarded
     }
 
-    /// Closes every subscriber (server shutdown).
-    pub fn close_all(&mut self, code: u16, reason: &str, delta: &mut RouteDelta) -> u64 {
+    /// Closes every subscriber after what is already queued for it (server
+    /// shutdown): takes them out of their groups and queues the close frame
+    /// last, discarding nothing.
+    pub fn finish_all(&mut self, code: u16, reason: &str, delta: &mut RouteDelta) {
         let ids: Vec<SubId> = self.subs.iter().map(|(id, _)| id).collect();
-        ids.into_iter()
-            .map(|id| self.close(id, code, reason, delta))
-            .sum()
+        for id in ids {
+            self.leave_all(id, delta);
+            let sub = &mut self.subs[id];
+            sub.queue.finish(frame::close_frame(code, reason));
+            for w in [sub.waker.take(), sub.close_waker.take()]
+                .into_iter()
+                .flatten()
+            {
+                w.wake();
+            }
+        }
     }
 
     /// Queues a reply or control frame for `id`; `false` means the client

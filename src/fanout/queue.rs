@@ -205,6 +205,16 @@ impl OutQueue {
         discarded
     }
 
+    /// Queues `close` after everything already queued and refuses further
+    /// pushes: a graceful close that loses nothing (shutdown).
+    pub fn finish(&mut self, close: Bytes) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        self.push(close, false);
+    }
+
     /// Moves up to `max` frames, oldest first, into `out` (which must be
     /// empty) for one vectored write. Moving costs no reference count and
     /// copies no payload byte. A pending `{"dropped": N}` notice goes first,

@@ -43,6 +43,13 @@ impl Router {
         Self { routes, workers }
     }
 
+    /// Whether worker `index`'s inbox is empty (nothing routed to it waits).
+    pub fn inbox_is_empty(&self, index: usize) -> bool {
+        self.workers
+            .get(index)
+            .is_none_or(|tx| tx.capacity() == tx.max_capacity())
+    }
+
     /// Routes a batch of `(group, payload)` events in order. Waits when a
     /// worker's inbox is full: producers feel back-pressure instead of the
     /// relay buffering without bound.

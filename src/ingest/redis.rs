@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::channels_redis::{consistent_hash, decode, Malformed, Naming};
+use super::stream::{self, BadEntry, Fields};
 use crate::config::Config;
 use crate::fanout::{Router, Routes};
 use crate::metrics::Metrics;
@@ -50,6 +51,12 @@ struct Ingest {
     /// Raised by the drain loop when Redis failed: a restarted Redis has
     /// lost every membership, so the membership loop re-adds them all.
     resync: tokio::sync::Notify,
+    stream_key: String,
+    stream_group: String,
+    stream_consumer: String,
+    stream_maxlen: u64,
+    max_group_name: usize,
+    backlog_hold: Duration,
 }
 
 /// Starts the ingest thread. Returns its handle and the receiver of the
@@ -59,7 +66,7 @@ pub(crate) fn spawn(
     routes: Arc<Routes>,
     router: Arc<Router>,
     metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(std::thread::JoinHandle<()>, watch::Receiver<u64>), RedisError> {
     let pools = config
         .redis
@@ -86,6 +93,12 @@ pub(crate) fn spawn(
         batch: config.redis_batch,
         acked,
         resync: tokio::sync::Notify::new(),
+        stream_key: config.stream_key.clone(),
+        stream_group: format!("wsrelay:{}", config.node_id),
+        stream_consumer: config.node_id.clone(),
+        stream_maxlen: config.stream_maxlen,
+        max_group_name: config.max_group_name,
+        backlog_hold: config.backlog_hold,
     });
     tracing::info!(
         hosts = ingest.pools.len(),
@@ -104,16 +117,30 @@ pub(crate) fn spawn(
             };
             rt.block_on(async {
                 let registered = tokio::sync::Mutex::new(HashSet::new());
-                tokio::select! {
-                    () = ingest.membership(&registered) => {}
-                    () = ingest.drain() => {}
-                    _ = shutdown.changed() => {}
-                }
+                // Membership work is idempotent and may be cut anywhere; the
+                // two readers stop only between rounds, so nothing read
+                // from Redis is left unrouted or unacknowledged.
+                let membership = async {
+                    tokio::select! {
+                        () = ingest.membership(&registered) => {}
+                        () = stopped(shutdown.clone()) => {}
+                    }
+                };
+                tokio::join!(
+                    membership,
+                    ingest.drain(shutdown.clone()),
+                    ingest.stream(shutdown.clone()),
+                );
                 ingest.unregister(&registered).await;
             });
         })
         .map_err(RedisError::Thread)?;
     Ok((handle, ack_rx))
+}
+
+/// Resolves once shutdown is signalled (or its sender is gone).
+async fn stopped(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 fn now_secs() -> f64 {
@@ -272,12 +299,15 @@ impl Ingest {
 
     /// Drains the channel key: a blocking pop and a counted pop of the
     /// backlog, in one round trip, then routes the batch in score order.
-    async fn drain(&self) {
+    async fn drain(&self, shutdown: watch::Receiver<bool>) {
         let key = self.naming.channel_key();
         let host = self.host_of(&self.naming.channel_base);
         let mut backoff = Backoff::new();
         let mut down = false;
-        loop {
+        if !self.hold(&shutdown).await {
+            return;
+        }
+        while !*shutdown.borrow() {
             let mut conn = match self.pools[host].get().await {
                 Ok(c) => c,
                 Err(e) => {
@@ -289,7 +319,7 @@ impl Ingest {
             // redis-rs times replies out after 500 ms by default; the
             // blocking pop waits up to 1 s on purpose.
             conn.set_response_timeout(Duration::from_secs(10));
-            loop {
+            while !*shutdown.borrow() {
                 let reply = redis::pipe()
                     .cmd("BZPOPMIN")
                     .arg(&key)
@@ -309,7 +339,7 @@ impl Ingest {
                         let mut members = blocking_pop_member(first);
                         members.extend(pairs(rest));
                         if !members.is_empty() {
-                            self.deliver(members).await;
+                            self.deliver_channels_redis(members).await;
                         }
                     }
                     Err(e) => {
@@ -332,7 +362,176 @@ impl Ingest {
         self.resync.notify_one();
     }
 
-    async fn deliver(&self, members: Vec<(Vec<u8>, f64)>) {
+    /// Waits out the backlog hold; `false` if shutdown came first.
+    async fn hold(&self, shutdown: &watch::Receiver<bool>) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(self.backlog_hold) => true,
+            () = stopped(shutdown.clone()) => false,
+        }
+    }
+
+    /// Reads the native stream with a consumer group: first this node's own
+    /// pending entries (read before a crash, never acknowledged), then new
+    /// ones; routes each batch in order, then acknowledges and trims.
+    async fn stream(&self, shutdown: watch::Receiver<bool>) {
+        if self.stream_key.is_empty() {
+            return;
+        }
+        let host = self.host_of(&self.stream_key);
+        // The group is created at start, before the hold: its `$` is "from
+        // now", and entries added during the hold must be read after it.
+        if let Ok(mut conn) = self.pools[host].get().await {
+            let _ = self.ensure_group(&mut conn).await;
+        }
+        if !self.hold(&shutdown).await {
+            return;
+        }
+        let mut backoff = Backoff::new();
+        let mut down = false;
+        while !*shutdown.borrow() {
+            let result = async {
+                let mut conn = self.pools[host].get().await.map_err(pool_error)?;
+                conn.set_response_timeout(Duration::from_secs(10));
+                self.ensure_group(&mut conn).await?;
+                let mut cursor = "0".to_owned();
+                while !*shutdown.borrow() {
+                    let reply: Value = redis::cmd("XREADGROUP")
+                        .arg("GROUP")
+                        .arg(&self.stream_group)
+                        .arg(&self.stream_consumer)
+                        .arg("COUNT")
+                        .arg(self.batch)
+                        .arg("BLOCK")
+                        .arg(1000)
+                        .arg("STREAMS")
+                        .arg(&self.stream_key)
+                        .arg(&cursor)
+                        .query_async(&mut *conn)
+                        .await?;
+                    if down {
+                        tracing::info!("redis stream reader reconnected");
+                        down = false;
+                    }
+                    backoff.reset();
+                    let entries = stream_entries(reply);
+                    if cursor != ">" {
+                        // Done with this node's pending entries: go on to new ones.
+                        match entries.last() {
+                            Some((id, _)) => cursor = id.clone(),
+                            None => {
+                                cursor = ">".to_owned();
+                                continue;
+                            }
+                        }
+                    }
+                    if entries.is_empty() {
+                        continue;
+                    }
+                    self.deliver_stream(&entries).await;
+                    // Acknowledge, then trim what this group has consumed
+                    // (MINID just past the last acknowledged entry).
+                    let last = &entries[entries.len() - 1].0;
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("XACK")
+                        .arg(&self.stream_key)
+                        .arg(&self.stream_group);
+                    for (id, _) in &entries {
+                        pipe.arg(id);
+                    }
+                    pipe.ignore();
+                    // Exact, not `~`: what is left is then exactly the unread
+                    // entries, so the cap below counts its losses exactly.
+                    pipe.cmd("XTRIM")
+                        .arg(&self.stream_key)
+                        .arg("MINID")
+                        .arg(id_after(last))
+                        .ignore();
+                    pipe.cmd("XLEN").arg(&self.stream_key);
+                    let (len,): (u64,) = pipe.query_async(&mut *conn).await?;
+                    if len > self.stream_maxlen {
+                        // Far behind: the cap protects Redis's memory, and
+                        // what it removes unread is counted, not silent.
+                        let trimmed: u64 = redis::cmd("XTRIM")
+                            .arg(&self.stream_key)
+                            .arg("MAXLEN")
+                            .arg(self.stream_maxlen)
+                            .query_async(&mut *conn)
+                            .await?;
+                        self.metrics.stream_trimmed_unread.inc_by(trimmed);
+                        tracing::warn!(
+                            trimmed,
+                            maxlen = self.stream_maxlen,
+                            "stream over its cap: oldest unread entries trimmed"
+                        );
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = result {
+                // Includes NOGROUP after Redis restarted empty: the group is
+                // created again on the next round.
+                self.drain_failed(&mut down, &e);
+                backoff.wait().await;
+            }
+        }
+    }
+
+    /// Creates this node's consumer group (and the stream) unless it exists.
+    async fn ensure_group(&self, conn: &mut deadpool_redis::Connection) -> redis::RedisResult<()> {
+        let created = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream_key)
+            .arg(&self.stream_group)
+            .arg("$")
+            .arg("MKSTREAM")
+            .query_async::<()>(&mut **conn)
+            .await;
+        match created {
+            Err(e) if e.code() != Some("BUSYGROUP") => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    async fn deliver_stream(&self, entries: &[(String, Fields)]) {
+        let mut events: Vec<(String, Bytes)> = Vec::with_capacity(entries.len());
+        for (_, fields) in entries {
+            match stream::event(fields, self.max_group_name) {
+                Ok(e) => events.push(e),
+                Err(why) => self.skip_stream(why),
+            }
+        }
+        self.route(&events, &self.metrics.events_in_stream).await;
+    }
+
+    fn skip_stream(&self, why: BadEntry) {
+        let counter = self.metrics.stream_skipped(why);
+        counter.inc();
+        let n = counter.get();
+        if n == 1 || n.is_multiple_of(1000) {
+            tracing::warn!(reason = %why, count = n, "skipped a redis stream entry");
+        }
+    }
+
+    async fn route(
+        &self,
+        events: &[(String, Bytes)],
+        source: &prometheus_client::metrics::counter::Counter,
+    ) {
+        if events.is_empty() {
+            return;
+        }
+        let routed = self
+            .router
+            .route(events.iter().map(|(g, t)| (g.as_str(), &t[..])))
+            .await;
+        if let Ok(routed) = routed {
+            source.inc_by(routed.accepted);
+            self.metrics.events_unrouted.inc_by(routed.unrouted);
+        }
+    }
+
+    async fn deliver_channels_redis(&self, members: Vec<(Vec<u8>, f64)>) {
         let now = now_secs();
         let mut events: Vec<(String, Bytes)> = Vec::with_capacity(members.len());
         for (member, score) in members {
@@ -353,17 +552,7 @@ impl Ingest {
                 Err(why) => self.skip(why, &member),
             }
         }
-        if events.is_empty() {
-            return;
-        }
-        let routed = self
-            .router
-            .route(events.iter().map(|(g, t)| (g.as_str(), &t[..])))
-            .await;
-        if let Ok(routed) = routed {
-            self.metrics.events_in_redis.inc_by(routed.accepted);
-            self.metrics.events_unrouted.inc_by(routed.unrouted);
-        }
+        self.route(&events, &self.metrics.events_in_redis).await;
     }
 
     fn skip(&self, why: Malformed, member: &[u8]) {
@@ -393,6 +582,73 @@ fn score(v: &Value) -> Option<f64> {
         Value::Int(i) => Some(*i as f64),
         _ => None,
     }
+}
+
+/// The smallest stream id after `id` (`ms-seq` -> `ms-(seq+1)`), so that
+/// `XTRIM MINID` removes `id` itself too.
+fn id_after(id: &str) -> String {
+    match id
+        .split_once('-')
+        .and_then(|(ms, seq)| Some((ms, seq.parse::<u64>().ok()?)))
+    {
+        Some((ms, seq)) => format!("{ms}-{}", seq.saturating_add(1)),
+        None => id.to_owned(),
+    }
+}
+
+/// `XREADGROUP`'s reply for one stream: nil, or
+/// `[[key, [[id, [field, value, ...]], ...]]]` (a map in RESP3).
+fn stream_entries(v: Value) -> Vec<(String, Fields)> {
+    let streams = match v {
+        Value::Array(s) => s,
+        Value::Map(m) => m
+            .into_iter()
+            .map(|(k, v)| Value::Array(vec![k, v]))
+            .collect(),
+        _ => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for s in streams {
+        let Value::Array(mut kv) = s else { continue };
+        let Some(Value::Array(entries)) = kv.pop() else {
+            continue;
+        };
+        for e in entries {
+            let Value::Array(mut parts) = e else { continue };
+            if parts.len() != 2 {
+                continue;
+            }
+            let fields = parts.pop();
+            let id = match parts.pop() {
+                Some(Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
+                Some(Value::SimpleString(s)) => s,
+                _ => continue,
+            };
+            let fields = match fields {
+                Some(Value::Array(f)) => f
+                    .chunks(2)
+                    .filter_map(|kv| match kv {
+                        [Value::BulkString(k), Value::BulkString(v)] => {
+                            Some((k.clone(), v.clone()))
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+                Some(Value::Map(m)) => m
+                    .into_iter()
+                    .filter_map(|kv| match kv {
+                        (Value::BulkString(k), Value::BulkString(v)) => Some((k, v)),
+                        _ => None,
+                    })
+                    .collect(),
+                // A deleted entry still pending: nothing to deliver, but its
+                // id must be acknowledged.
+                _ => Vec::new(),
+            };
+            out.push((id, fields));
+        }
+    }
+    out
 }
 
 /// `BZPOPMIN`'s reply: nil, or `[key, member, score]`.
@@ -431,4 +687,52 @@ fn pairs(v: Value) -> Vec<(Vec<u8>, f64)> {
             _ => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_parse_in_both_protocol_versions() {
+        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        assert_eq!(id_after("1700000000000-7"), "1700000000000-8");
+        assert_eq!(id_after("weird"), "weird");
+        let resp2 = Value::Array(vec![b("m1"), b("1.5"), b("m2"), b("2")]);
+        let resp3 = Value::Array(vec![
+            Value::Array(vec![b("m1"), Value::Double(1.5)]),
+            Value::Array(vec![b("m2"), Value::Double(2.0)]),
+        ]);
+        let want = vec![(b"m1".to_vec(), 1.5), (b"m2".to_vec(), 2.0)];
+        assert_eq!(pairs(resp2), want);
+        assert_eq!(pairs(resp3), want);
+        assert_eq!(
+            blocking_pop_member(Value::Array(vec![b("k"), b("m"), b("3.25")])),
+            vec![(b"m".to_vec(), 3.25)]
+        );
+        assert!(blocking_pop_member(Value::Nil).is_empty());
+        let xread = Value::Array(vec![Value::Array(vec![
+            b("wsrelay:events"),
+            Value::Array(vec![
+                Value::Array(vec![
+                    b("1-0"),
+                    Value::Array(vec![b("group"), b("g"), b("payload"), b("1")]),
+                ]),
+                Value::Array(vec![b("1-1"), Value::Nil]),
+            ]),
+        ])]);
+        assert_eq!(
+            stream_entries(xread),
+            vec![
+                (
+                    "1-0".to_owned(),
+                    vec![
+                        (b"group".to_vec(), b"g".to_vec()),
+                        (b"payload".to_vec(), b"1".to_vec())
+                    ]
+                ),
+                ("1-1".to_owned(), vec![]),
+            ]
+        );
+    }
 }

@@ -144,5 +144,10 @@ mod tests {
             parse(b"{\"group\": \"a\", \"payload\": ", 16, 3),
             Err(EmitBodyError::Json(_))
         ));
+        // Invalid UTF-8 inside a payload string never reaches a client.
+        assert!(matches!(
+            parse(b"{\"group\": \"a\", \"payload\": \"\xff\"}", 16, 3),
+            Err(EmitBodyError::Json(_))
+        ));
     }
 }

@@ -83,4 +83,7 @@ pub(crate) struct NodeContext {
     pub workers: usize,
     /// The routes epoch the Redis ingest has recorded; `None` without Redis.
     pub redis_ack: Option<tokio::sync::watch::Receiver<u64>>,
+    /// Set once shutdown starts: closing sessions then get the whole grace
+    /// period to flush their queues, not just `close_timeout`.
+    pub shutting_down: std::sync::atomic::AtomicBool,
 }

@@ -161,7 +161,19 @@ impl Session<'_> {
                 () = poll_fn(|cx| self.worker.hub.borrow_mut().poll_closing(self.id, cx)) => {}
             }
             if self.is_closing() {
-                tokio::time::sleep(self.worker.ctx.config.close_timeout).await;
+                let cfg = &self.worker.ctx.config;
+                let shutting_down = self
+                    .worker
+                    .ctx
+                    .shutting_down
+                    .load(std::sync::atomic::Ordering::Acquire);
+                // On shutdown the queue is flushed before the close frame.
+                let wait = if shutting_down {
+                    cfg.shutdown_grace
+                } else {
+                    cfg.close_timeout
+                };
+                tokio::time::sleep(wait).await;
             }
         };
         tokio::select! {

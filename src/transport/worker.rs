@@ -148,22 +148,27 @@ async fn run<A: Acceptor>(
     close_everyone(&worker).await;
 }
 
-/// Closes every client with 1001 and waits (bounded) for them to go.
+/// Delivers what is still in the inbox, then closes every client with 1001
+/// after its queue is written, and waits (bounded by the grace period) for
+/// them to go.
 async fn close_everyone(worker: &Worker) {
+    let ctx = &worker.ctx;
+    ctx.shutting_down
+        .store(true, std::sync::atomic::Ordering::Release);
+    let deadline = tokio::time::Instant::now() + ctx.config.shutdown_grace;
+    while !ctx.router.inbox_is_empty(worker.index) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let mut delta = RouteDelta::default();
-    let (closed, discarded) = {
+    let closed = {
         let mut hub = worker.hub.borrow_mut();
-        let n = hub.len();
-        (
-            n,
-            hub.close_all(close_code::GOING_AWAY, "server shutting down", &mut delta),
-        )
+        hub.finish_all(close_code::GOING_AWAY, "server shutting down", &mut delta);
+        hub.len()
     };
     worker.publish(&delta);
-    let m = &worker.ctx.metrics;
-    m.dropped.inc_by(discarded);
-    m.server_close(ServerClose::Shutdown).inc_by(closed as u64);
-    let deadline = tokio::time::Instant::now() + worker.ctx.config.shutdown_grace;
+    ctx.metrics
+        .server_close(ServerClose::Shutdown)
+        .inc_by(closed as u64);
     while !worker.hub.borrow().is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -65,6 +65,11 @@ impl RedisServer {
         self.try_query(args).expect("redis answers")
     }
 
+    /// Like `query`, but an error reply is returned, not a panic.
+    pub fn try_query_public(&self, args: &[&str]) -> std::io::Result<Vec<String>> {
+        self.try_query(args)
+    }
+
     fn try_query(&self, args: &[&str]) -> std::io::Result<Vec<String>> {
         self.try_query_bytes(
             &args
