@@ -2,10 +2,12 @@
 //! (the built binary, started here on a loopback port) and reports rates,
 //! latency, loss and the server's cost.
 //!
-//! Scenarios so far: `fanout` (one group, many subscribers). The storm,
-//! cluster, connections and soak scenarios arrive with the load-test issue.
+//! Scenarios so far: `fanout` (one group, many subscribers) and `ingest`
+//! (Redis into the fan-out). The storm, cluster, connections and soak
+//! scenarios arrive with the load-test issue.
 
 mod fanout;
+mod ingest;
 mod node;
 mod stamp;
 
@@ -22,11 +24,14 @@ struct Cli {
 enum Scenario {
     /// One group, many subscribers, open-loop producer over HTTP emit
     Fanout(fanout::Options),
+    /// Redis into the fan-out: both ingest paths, swept over batch sizes
+    Ingest(ingest::Options),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.scenario {
         Scenario::Fanout(opts) => fanout::run(&opts),
+        Scenario::Ingest(opts) => ingest::run(&opts),
     }
 }
