@@ -20,6 +20,8 @@ pub enum ClientError {
     Frame(#[from] frame::FrameError),
     #[error("connection closed")]
     Closed,
+    #[error("unexpected reply: {0}")]
+    Unexpected(String),
 }
 
 pub struct Client {
@@ -36,6 +38,31 @@ impl Client {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         Self::upgrade(stream, addr, path_and_query).await
+    }
+
+    /// A subscribed client: connects with `token` on `/websocket/`, checks
+    /// the accept message, sends `groups_message` (a `{"groups": ...}`
+    /// text) and waits for its reply.
+    pub async fn join(
+        addr: SocketAddr,
+        token: &str,
+        groups_message: &str,
+    ) -> Result<Client, ClientError> {
+        let mut c = Client::connect(addr, &format!("/websocket/?token={token}")).await?;
+        let accept = c.next_text().await?;
+        if !accept.starts_with(b"{\"accept\": true") {
+            return Err(ClientError::Unexpected(
+                String::from_utf8_lossy(&accept).into_owned(),
+            ));
+        }
+        c.send_text(groups_message).await?;
+        let reply = c.next_text().await?;
+        if !reply.starts_with(b"{\"groups_current\"") {
+            return Err(ClientError::Unexpected(
+                String::from_utf8_lossy(&reply).into_owned(),
+            ));
+        }
+        Ok(c)
     }
 
     /// Upgrades an already connected stream.

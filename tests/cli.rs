@@ -8,7 +8,7 @@ use std::process::Stdio;
 use serde_json::json;
 use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 const BIN: &str = env!("CARGO_BIN_EXE_wsrelay");
@@ -54,25 +54,6 @@ async fn serve_refuses_to_run_without_an_authenticator() {
         stderr.contains("invalid config file") && stderr.contains("wokers"),
         "{stderr}"
     );
-}
-
-/// Starts `serve` and returns the child and the address it logged.
-async fn spawn_serve(cmd: &mut Command) -> (Child, std::net::SocketAddr) {
-    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("addr=").nth(1) {
-                return rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        }
-        panic!("serve exited before listening");
-    })
-    .await
-    .expect("serve logs its address");
-    // Keep draining stderr so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
 }
 
 #[tokio::test]

@@ -415,32 +415,18 @@ async fn a_stream_past_its_cap_loses_the_oldest_unread_and_counts_them() {
 
 #[tokio::test]
 async fn a_restarted_node_resumes_the_stream_with_nothing_lost() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
     const N: u32 = 100_000;
     let redis = RedisServer::start();
     let bin = env!("CARGO_BIN_EXE_wsrelay");
-    let serve = || {
+    let command = || {
         let mut c = tokio::process::Command::new(bin);
         c.args(["serve", "--listen", "127.0.0.1:0", "--jwt-secret", SECRET])
             .args(["--redis", &redis.url(), "--node-id", "restart-node"])
             .args(["--backlog-hold-ms", "2000", "--io", "epoll"])
-            .env("RUST_LOG", "info")
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = c.spawn().unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        async move {
-            let addr: std::net::SocketAddr = loop {
-                let line = lines.next_line().await.unwrap().expect("serve listens");
-                if let Some(rest) = line.split("addr=").nth(1) {
-                    break rest.split_whitespace().next().unwrap().parse().unwrap();
-                }
-            };
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            (child, addr)
-        }
+            .env("RUST_LOG", "info");
+        c
     };
-    let (child, addr) = serve().await;
+    let (child, addr) = spawn_serve(&mut command()).await;
     let mut ws = connect(addr, &token(1)).await;
     subscribe(&mut ws, json!({"job_events": [9]})).await;
     // The first half, produced while the node runs, in the background.
@@ -482,7 +468,7 @@ async fn a_restarted_node_resumes_the_stream_with_nothing_lost() {
 
     // Restart; the client reconnects within the backlog hold and gets the
     // rest of the first half, then the second half (through the CLI).
-    let (_child, addr) = serve().await;
+    let (_child, addr) = spawn_serve(&mut command()).await;
     let mut ws = connect(addr, &token(1)).await;
     subscribe(&mut ws, json!({"job_events": [9]})).await;
     let dir = std::env::temp_dir().join(format!("wsrelay-resume-{}", std::process::id()));
@@ -516,4 +502,25 @@ async fn a_restarted_node_resumes_the_stream_with_nothing_lost() {
         );
         want += 1;
     }
+}
+
+#[tokio::test]
+async fn memberships_are_refreshed_before_group_expiry() {
+    let redis = RedisServer::start();
+    // group_expiry 4 s: refreshed every second (a quarter of it).
+    let n = start_with_redis_and(vec![redis.url()], |c| c.group_expiry_secs = 4);
+    let mut ws = connect(n.addr, &token(1)).await;
+    subscribe(&mut ws, json!({"jobs": ["status_changed"]})).await;
+    let key = "asgi:group:jobs-status_changed";
+    let member = our_channel("jobs-status_changed");
+    let score = || -> f64 { redis.query(&["ZSCORE", key, &member])[0].parse().unwrap() };
+    let first = score();
+    // channels_redis's group_send drops members scored before now - expiry;
+    // the node keeps its score fresh instead.
+    eventually("score refreshed", || score() > first + 0.5).await;
+    let ttl: i64 = redis.query(&["TTL", key])[0].parse().unwrap();
+    assert!(
+        (1..=4).contains(&ttl),
+        "EXPIRE renewed to group_expiry, got {ttl}"
+    );
 }

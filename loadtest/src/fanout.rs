@@ -245,25 +245,13 @@ async fn subscriber(
     tally: Rc<Tally>,
     ready: tokio::sync::oneshot::Sender<anyhow::Result<()>>,
 ) {
-    let setup = async {
-        let mut c = Client::connect(addr, &format!("/websocket/?token={token}")).await?;
-        let accept = c.next_text().await?;
-        anyhow::ensure!(accept.starts_with(b"{\"accept\": true"), "not accepted");
-        c.send_text(r#"{"groups": {"job_events": [1]}}"#).await?;
-        let reply = c.next_text().await?;
-        anyhow::ensure!(
-            reply.starts_with(b"{\"groups_current\""),
-            "bad subscribe reply"
-        );
-        Ok(c)
-    };
-    let mut client = match setup.await {
+    let mut client = match Client::join(addr, &token, r#"{"groups": {"job_events": [1]}}"#).await {
         Ok(c) => {
             let _ = ready.send(Ok(()));
             c
         }
         Err(e) => {
-            let _ = ready.send(Err(e));
+            let _ = ready.send(Err(e.into()));
             return;
         }
     };
