@@ -2,14 +2,16 @@
 //! (the built binary, started here on a loopback port) and reports rates,
 //! latency, loss and the server's cost.
 //!
-//! Scenarios so far: `fanout` (one group, many subscribers) and `ingest`
-//! (Redis into the fan-out). The storm, cluster, connections and soak
-//! scenarios arrive with the load-test issue.
+//! Scenarios so far: `storm` (jobs x viewers + status watchers), `fanout`
+//! (one group, many subscribers: a one-job storm), both with `--find-max`,
+//! and `ingest` (Redis into the fan-out). The cluster, connections and
+//! soak scenarios are still to come.
 
 mod fanout;
 mod ingest;
 mod node;
 mod stamp;
+mod storm;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +28,8 @@ enum Scenario {
     Fanout(fanout::Options),
     /// Redis into the fan-out: both ingest paths, swept over batch sizes
     Ingest(ingest::Options),
+    /// J jobs x V viewers + W status watchers, a status change every N events
+    Storm(storm::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,5 +37,6 @@ fn main() -> anyhow::Result<()> {
     match cli.scenario {
         Scenario::Fanout(opts) => fanout::run(&opts),
         Scenario::Ingest(opts) => ingest::run(&opts),
+        Scenario::Storm(opts) => storm::run(&opts),
     }
 }

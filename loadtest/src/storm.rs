@@ -1,0 +1,524 @@
+//! The scenario engine: a playbook event storm against a real node. J jobs
+//! each emit job events to `job_events-<id>`, watched by V viewers each;
+//! W clients watch `jobs-status_changed`, which gets a status change every
+//! N job events. An open-loop producer (its schedule never waits for the
+//! relay) emits over HTTP at R job events per second. Every client checks
+//! each event's per-group counter: gaps are loss, repeats are duplicates.
+//!
+//! `fanout` is the storm with one job and no watchers. `--find-max` raises
+//! the rate step by step until loss appears or p99 passes a bound.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use wsrelay::client::Client;
+
+use crate::{node, stamp};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// Jobs emitting playbook events
+    #[arg(long, default_value_t = 200)]
+    pub jobs: usize,
+    /// Viewers per job (on job_events-<id>)
+    #[arg(long, default_value_t = 2)]
+    pub viewers: usize,
+    /// Clients on jobs-status_changed
+    #[arg(long, default_value_t = 100)]
+    pub watchers: usize,
+    /// A status change every this many job events (0: none)
+    #[arg(long, default_value_t = 100)]
+    pub status_every: u64,
+    #[command(flatten)]
+    pub run: RunOptions,
+}
+
+/// What every scenario run takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunOptions {
+    /// Job events per second emitted (open loop); the start rate with
+    /// --find-max [default: storm 10000, fanout 1000]
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Event size in bytes (AWX job-event keys, padded)
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Measured seconds (after the warm-up)
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Warm-up seconds, not measured
+    #[arg(long, default_value_t = 1)]
+    pub warmup: u64,
+    /// I/O driver of the node: epoll, uring or both (one after the other)
+    #[arg(long, default_value = "both")]
+    pub io: String,
+    /// Worker threads of the node
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Raise the rate x1.5 per step until loss appears or p99 passes --p99-bound-ms
+    #[arg(long)]
+    pub find_max: bool,
+    /// The p99 bound for --find-max, ms
+    #[arg(long, default_value_t = 50)]
+    pub p99_bound_ms: u64,
+    /// Most steps of --find-max
+    #[arg(long, default_value_t = 12)]
+    pub max_steps: u32,
+    /// Write the JSON report here as well
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+/// The storm's shape.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub jobs: usize,
+    pub viewers: usize,
+    pub watchers: usize,
+    pub status_every: u64,
+}
+
+/// One run's figures.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub io: String,
+    pub rate: u64,
+    /// Job events per second the producer actually emitted: below the
+    /// target, the load generator (not the node) set the pace.
+    pub achieved_rate: f64,
+    pub deliveries_per_sec: f64,
+    pub events_per_sec: f64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub expected: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub server_cpu_percent: f64,
+    pub server_rss_bytes: u64,
+    pub syscalls_per_delivery: Option<f64>,
+    pub uring_submissions_per_delivery: Option<f64>,
+}
+
+impl Report {
+    /// No loss, no duplicates, p99 within the bound, and the offered rate
+    /// really offered (a lagging generator proves nothing about the node).
+    pub fn clean(&self, p99_bound_ms: u64) -> bool {
+        self.lost == 0
+            && self.duplicates == 0
+            && self.p99_us <= p99_bound_ms * 1000
+            && self.achieved_rate >= 0.95 * self.rate as f64
+    }
+
+    fn json(&self, scenario: &str, shape: Shape, opts: &RunOptions) -> serde_json::Value {
+        serde_json::json!({
+            "scenario": scenario,
+            "io": self.io,
+            "jobs": shape.jobs,
+            "viewers": shape.viewers,
+            "watchers": shape.watchers,
+            "status_every": shape.status_every,
+            "subscribers": shape.jobs * shape.viewers + shape.watchers,
+            "size": opts.size,
+            "rate": self.rate,
+            "achieved_rate": self.achieved_rate,
+            "duration": opts.duration,
+            "workers": opts.workers,
+            "deliveries_per_sec": self.deliveries_per_sec,
+            "events_per_sec": self.events_per_sec,
+            "latency_us": {"p50": self.p50_us, "p90": self.p90_us, "p99": self.p99_us, "p999": self.p999_us, "max": self.max_us},
+            "expected": self.expected,
+            "received": self.received,
+            "lost": self.lost,
+            "duplicates": self.duplicates,
+            "server_cpu_percent": self.server_cpu_percent,
+            "server_rss_bytes": self.server_rss_bytes,
+            "syscalls_per_delivery": self.syscalls_per_delivery,
+            "uring_submissions_per_delivery": self.uring_submissions_per_delivery,
+        })
+    }
+}
+
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    let shape = Shape {
+        jobs: opts.jobs,
+        viewers: opts.viewers,
+        watchers: opts.watchers,
+        status_every: opts.status_every,
+    };
+    run_scenario("storm", shape, &opts.run, 10_000)
+}
+
+/// Runs `shape` per driver (and per rate with `--find-max`), prints the
+/// table and the JSON, and fails on loss or duplicates (outside find-max,
+/// where they end the search instead).
+pub fn run_scenario(
+    scenario: &str,
+    shape: Shape,
+    opts: &RunOptions,
+    default_rate: u64,
+) -> anyhow::Result<()> {
+    if shape.jobs == 0 || shape.viewers + shape.watchers == 0 {
+        bail!("a storm needs at least one job and one client");
+    }
+    let drivers: Vec<&str> = match opts.io.as_str() {
+        "both" => vec!["epoll", "uring"],
+        "epoll" | "uring" => vec![opts.io.as_str()],
+        other => bail!("--io {other}: want epoll, uring or both"),
+    };
+    let mut reports = Vec::new();
+    let mut max_clean: Vec<serde_json::Value> = Vec::new();
+    for io in drivers {
+        let mut rate = opts.rate.unwrap_or(default_rate);
+        let mut best: Option<u64> = None;
+        for step in 0..if opts.find_max { opts.max_steps } else { 1 } {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let local = tokio::task::LocalSet::new();
+            let report = match local.block_on(&rt, once(shape, opts, io, rate)) {
+                Ok(r) => r,
+                // With --find-max a failed step (the generator or the node
+                // gave out) ends the search; the report keeps what was found.
+                Err(e) if opts.find_max => {
+                    eprintln!("{scenario} {io} step {step}: {rate} ev/s failed: {e:#}");
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            eprintln!(
+                "{scenario} {io} step {step}: {rate} ev/s (achieved {:.0}) -> {:.0} deliveries/s, p99 {:.2} ms, lost {}, dups {}",
+                report.achieved_rate,
+                report.deliveries_per_sec,
+                report.p99_us as f64 / 1000.0,
+                report.lost,
+                report.duplicates
+            );
+            let clean = report.clean(opts.p99_bound_ms);
+            reports.push(report);
+            if !opts.find_max {
+                break;
+            }
+            if !clean {
+                break;
+            }
+            best = Some(rate);
+            rate = rate * 3 / 2;
+        }
+        if opts.find_max {
+            max_clean.push(serde_json::json!({"io": io, "max_clean_rate": best, "p99_bound_ms": opts.p99_bound_ms}));
+        }
+    }
+    print_table(scenario, shape, opts, &reports);
+    let mut json = serde_json::json!({
+        "runs": reports.iter().map(|r| r.json(scenario, shape, opts)).collect::<Vec<_>>(),
+    });
+    if opts.find_max {
+        json["find_max"] = serde_json::Value::Array(max_clean);
+    }
+    println!("{json}");
+    if let Some(path) = &opts.json {
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)?;
+    }
+    if !opts.find_max && reports.iter().any(|r| r.lost > 0 || r.duplicates > 0) {
+        bail!("loss or duplicates seen");
+    }
+    Ok(())
+}
+
+fn print_table(scenario: &str, shape: Shape, opts: &RunOptions, reports: &[Report]) {
+    println!(
+        "\n{scenario}: {} jobs x {} viewers + {} status watchers, {} B events, {} s measured, {} worker(s)",
+        shape.jobs, shape.viewers, shape.watchers, opts.size, opts.duration, opts.workers
+    );
+    println!(
+        "{:<6} {:>9} {:>13} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>12} {:>14}",
+        "io",
+        "ev/s in",
+        "deliveries/s",
+        "p50 ms",
+        "p99 ms",
+        "p999 ms",
+        "max ms",
+        "lost",
+        "dups",
+        "srv cpu%",
+        "syscalls/dlv",
+        "uring subm/dlv"
+    );
+    for r in reports {
+        let opt = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.4}"));
+        println!(
+            "{:<6} {:>9} {:>13.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>6} {:>8.0} {:>12} {:>14}",
+            r.io,
+            r.rate,
+            r.deliveries_per_sec,
+            r.p50_us as f64 / 1000.0,
+            r.p99_us as f64 / 1000.0,
+            r.p999_us as f64 / 1000.0,
+            r.max_us as f64 / 1000.0,
+            r.lost,
+            r.duplicates,
+            r.server_cpu_percent,
+            opt(r.syscalls_per_delivery),
+            opt(r.uring_submissions_per_delivery),
+        );
+    }
+}
+
+struct Tally {
+    received: Cell<u64>,
+    duplicates: Cell<u64>,
+    gaps: Cell<u64>,
+    latency: RefCell<Histogram<u64>>,
+    measuring: Cell<bool>,
+}
+
+const STATUS_GROUP: &str = "jobs-status_changed";
+
+async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::Result<Report> {
+    let node = node::start(io, opts.workers, &[]).await?;
+    let addr = node.addr;
+    let tally = Rc::new(Tally {
+        received: Cell::new(0),
+        duplicates: Cell::new(0),
+        gaps: Cell::new(0),
+        latency: RefCell::new(Histogram::new_with_bounds(1, 120_000_000, 3)?),
+        measuring: Cell::new(false),
+    });
+    let exp = stamp::now_ns() / 1_000_000_000 + 86_400;
+    let mut ready = Vec::new();
+    let clients = shape.jobs * shape.viewers + shape.watchers;
+    for i in 0..clients {
+        let token = wsrelay::auth::mint_hs256(
+            node::SECRET.as_bytes(),
+            &serde_json::json!({"sub": (i + 1).to_string(), "exp": exp}),
+        );
+        let groups = if i < shape.jobs * shape.viewers {
+            format!(
+                r#"{{"groups": {{"job_events": [{}]}}}}"#,
+                i / shape.viewers + 1
+            )
+        } else {
+            r#"{"groups": {"jobs": ["status_changed"]}}"#.to_owned()
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        ready.push(rx);
+        tokio::task::spawn_local(subscriber(addr, token, groups, tally.clone(), tx));
+    }
+    for rx in ready {
+        rx.await.context("subscriber task")??;
+    }
+
+    // The producer runs on its own thread so that reading clients cannot
+    // delay its schedule (no coordinated omission).
+    let total = rate * (opts.warmup + opts.duration);
+    let size = opts.size;
+    let producer = std::thread::spawn(move || produce(addr, shape, total, rate, size));
+
+    tokio::time::sleep(Duration::from_secs(opts.warmup)).await;
+    tally.measuring.set(true);
+    let perf = node::perf_counters(node.pid, opts.duration);
+    let (t0, r0, cpu0) = (
+        Instant::now(),
+        tally.received.get(),
+        node::cpu_seconds(node.pid),
+    );
+    tokio::time::sleep(Duration::from_secs(opts.duration)).await;
+    let (t1, r1, cpu1) = (
+        Instant::now(),
+        tally.received.get(),
+        node::cpu_seconds(node.pid),
+    );
+    tally.measuring.set(false);
+    let rss = node::rss_bytes(node.pid).unwrap_or(0);
+    let (job_events, status_events, produce_secs) = producer
+        .join()
+        .map_err(|_| anyhow::anyhow!("producer panicked"))??;
+    let expected = job_events * shape.viewers as u64 + status_events * shape.watchers as u64;
+    let settle = Instant::now();
+    while tally.received.get() < expected && settle.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let counters = perf.and_then(node::perf_result);
+    let secs = (t1 - t0).as_secs_f64();
+    let delivered = (r1 - r0) as f64;
+    let lat = tally.latency.borrow();
+    Ok(Report {
+        io: io.to_owned(),
+        rate,
+        achieved_rate: job_events as f64 / produce_secs.max(1e-9),
+        deliveries_per_sec: delivered / secs,
+        events_per_sec: rate as f64,
+        p50_us: lat.value_at_quantile(0.5),
+        p90_us: lat.value_at_quantile(0.9),
+        p99_us: lat.value_at_quantile(0.99),
+        p999_us: lat.value_at_quantile(0.999),
+        max_us: lat.max(),
+        expected,
+        received: tally.received.get(),
+        lost: expected.saturating_sub(tally.received.get()) + tally.gaps.get(),
+        duplicates: tally.duplicates.get(),
+        server_cpu_percent: match (cpu0, cpu1) {
+            (Some(a), Some(b)) => (b - a) / secs * 100.0,
+            _ => f64::NAN,
+        },
+        server_rss_bytes: rss,
+        syscalls_per_delivery: counters.map(|(s, _)| s as f64 / delivered.max(1.0)),
+        uring_submissions_per_delivery: counters.map(|(_, u)| u as f64 / delivered.max(1.0)),
+    })
+}
+
+async fn subscriber(
+    addr: SocketAddr,
+    token: String,
+    groups: String,
+    tally: Rc<Tally>,
+    ready: tokio::sync::oneshot::Sender<anyhow::Result<()>>,
+) {
+    let mut client = match Client::join(addr, &token, &groups).await {
+        Ok(c) => {
+            let _ = ready.send(Ok(()));
+            c
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e.into()));
+            return;
+        }
+    };
+    // Each client holds one group, so one counter to follow.
+    let mut next = 0u64;
+    while let Ok(text) = client.next_text().await {
+        let Some((seq, ns)) = stamp::read(&text) else {
+            continue;
+        };
+        if seq < next {
+            tally.duplicates.set(tally.duplicates.get() + 1);
+            continue;
+        }
+        if seq > next {
+            tally.gaps.set(tally.gaps.get() + (seq - next));
+        }
+        next = seq + 1;
+        tally.received.set(tally.received.get() + 1);
+        if tally.measuring.get() {
+            let us = stamp::now_ns().saturating_sub(ns) / 1000;
+            let _ = tally.latency.borrow_mut().record(us.max(1));
+        }
+    }
+}
+
+/// Emits `total` job events (and the status changes among them) at `rate`
+/// job events per second on an open-loop schedule over one keep-alive HTTP
+/// connection; returns `(job events, status events)` accepted.
+fn produce(
+    addr: SocketAddr,
+    shape: Shape,
+    total: u64,
+    rate: u64,
+    size: usize,
+) -> anyhow::Result<(u64, u64, f64)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let mut conn = TcpStream::connect(addr).await?;
+        conn.set_nodelay(true)?;
+        let start = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let (mut sent, mut status) = (0u64, 0u64);
+        let mut counters = vec![0u64; shape.jobs];
+        let mut body = String::new();
+        while sent < total {
+            tick.tick().await;
+            // At most 5,000 events a request (about 5 MiB at 1 KiB, under the
+            // node's 16 MiB body limit); a producer behind its schedule sends
+            // more requests, not bigger ones.
+            let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64)
+                .min(total)
+                .min(sent + 5000);
+            if due <= sent {
+                continue;
+            }
+            body.clear();
+            body.push('[');
+            let mut count = 0u64;
+            for k in sent..due {
+                let job = (k % shape.jobs as u64) as usize;
+                if count > 0 {
+                    body.push(',');
+                }
+                body.push_str(&format!(r#"{{"group":"job_events-{}","payload":"#, job + 1));
+                body.push_str(&stamp::job_event(
+                    job + 1,
+                    counters[job],
+                    stamp::now_ns(),
+                    size,
+                ));
+                body.push('}');
+                counters[job] += 1;
+                count += 1;
+                if shape.status_every > 0 && (k + 1) % shape.status_every == 0 {
+                    body.push_str(&format!(r#",{{"group":"{STATUS_GROUP}","payload":"#));
+                    body.push_str(&stamp::status_event(job + 1, status, stamp::now_ns()));
+                    body.push('}');
+                    status += 1;
+                    count += 1;
+                }
+            }
+            body.push(']');
+            let accepted = post(&mut conn, &body).await?;
+            if accepted != count {
+                bail!("the node accepted {accepted} of {count}");
+            }
+            sent = due;
+        }
+        anyhow::Ok((sent, status, start.elapsed().as_secs_f64()))
+    })
+}
+
+async fn post(conn: &mut TcpStream, body: &str) -> anyhow::Result<u64> {
+    let head = format!(
+        "POST /api/v1/emit HTTP/1.1\r\nHost: loadtest\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        node::EMIT_KEY,
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await?;
+    conn.write_all(body.as_bytes()).await?;
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 256];
+    loop {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("node closed the emit connection");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some((head, reply)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .context("emit response without content-length")?;
+            if reply.len() < len {
+                continue;
+            }
+            if !head.starts_with("HTTP/1.1 200") {
+                bail!("emit refused: {head} {reply}");
+            }
+            let v: serde_json::Value = serde_json::from_str(&reply[..len])?;
+            return v["accepted"].as_u64().context("no accepted count");
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Small, fast runs of the storm-engine scenarios against the built
+//! `wsrelay` binary: zero loss and zero duplicates at a low rate, every
+//! report field present, and `--find-max` ends with an answer.
+//! Correctness only; speed is never asserted here.
+
+use std::process::Command;
+
+/// Both drivers where the kernel has io_uring, epoll alone where not.
+fn drivers() -> (&'static str, Vec<&'static str>) {
+    match wsrelay::probe_uring() {
+        Ok(()) => ("both", vec!["epoll", "uring"]),
+        Err(_) => ("epoll", vec!["epoll"]),
+    }
+}
+
+/// Runs the harness with `args`, returns its JSON report.
+fn run(name: &str, args: &[&str]) -> serde_json::Value {
+    let dir = std::env::temp_dir().join(format!("loadtest-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+}
+
+fn check_runs(report: &serde_json::Value, expect_drivers: &[&str], expected_each: u64) {
+    let runs = report["runs"].as_array().unwrap();
+    let drivers: Vec<&str> = runs.iter().map(|r| r["io"].as_str().unwrap()).collect();
+    assert_eq!(drivers, expect_drivers);
+    for r in runs {
+        for key in [
+            "scenario",
+            "io",
+            "jobs",
+            "viewers",
+            "watchers",
+            "status_every",
+            "subscribers",
+            "size",
+            "rate",
+            "duration",
+            "workers",
+            "deliveries_per_sec",
+            "events_per_sec",
+            "latency_us",
+            "expected",
+            "received",
+            "lost",
+            "duplicates",
+            "server_cpu_percent",
+            "server_rss_bytes",
+            "syscalls_per_delivery",
+            "uring_submissions_per_delivery",
+        ] {
+            assert!(r.get(key).is_some(), "missing {key} in {r}");
+        }
+        for q in ["p50", "p90", "p99", "p999", "max"] {
+            assert!(r["latency_us"][q].as_u64().unwrap() > 0, "{r}");
+        }
+        assert_eq!(r["lost"], 0, "{r}");
+        assert_eq!(r["duplicates"], 0, "{r}");
+        assert_eq!(r["expected"], expected_each, "{r}");
+        assert_eq!(r["received"], expected_each, "{r}");
+    }
+}
+
+#[test]
+fn fanout_is_lossless_and_reports_every_field() {
+    let (io, expect) = drivers();
+    let report = run(
+        "fanout",
+        &[
+            "fanout",
+            "--subscribers",
+            "20",
+            "--size",
+            "300",
+            "--rate",
+            "200",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--io",
+            io,
+        ],
+    );
+    // 200 events/s for 1 s to 20 subscribers.
+    check_runs(&report, &expect, 4000);
+}
+
+#[test]
+fn storm_is_lossless_for_viewers_and_status_watchers() {
+    let (io, expect) = drivers();
+    let report = run(
+        "storm",
+        &[
+            "storm",
+            "--jobs",
+            "10",
+            "--viewers",
+            "2",
+            "--watchers",
+            "5",
+            "--status-every",
+            "10",
+            "--rate",
+            "500",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--io",
+            io,
+        ],
+    );
+    // 500 job events to 2 viewers each, and 50 status changes to 5 watchers.
+    check_runs(&report, &expect, 500 * 2 + 50 * 5);
+}
+
+#[test]
+fn find_max_terminates_with_the_highest_clean_rate() {
+    let report = run(
+        "findmax",
+        &[
+            "fanout",
+            "--subscribers",
+            "5",
+            "--rate",
+            "100",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--io",
+            "epoll",
+            "--find-max",
+            "--max-steps",
+            "3",
+        ],
+    );
+    let found = &report["find_max"][0];
+    assert_eq!(found["io"], "epoll");
+    // At these rates nothing is lost: every step was clean, so the answer
+    // is the last step's rate (100 -> 150 -> 225).
+    assert_eq!(found["max_clean_rate"], 225, "{report}");
+    assert_eq!(report["runs"].as_array().unwrap().len(), 3);
+}
