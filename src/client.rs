@@ -40,6 +40,23 @@ impl Client {
         Self::upgrade(stream, addr, path_and_query).await
     }
 
+    /// Connects from `local` (an address of this host, so that one client
+    /// machine can open more connections than one address has ports).
+    pub async fn connect_from(
+        local: std::net::IpAddr,
+        addr: SocketAddr,
+        path_and_query: &str,
+    ) -> Result<Client, ClientError> {
+        let socket = match local {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(local, 0))?;
+        let stream = socket.connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Self::upgrade(stream, addr, path_and_query).await
+    }
+
     /// A subscribed client: connects with `token` on `/websocket/`, checks
     /// the accept message, sends `groups_message` (a `{"groups": ...}`
     /// text) and waits for its reply.

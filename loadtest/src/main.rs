@@ -4,9 +4,10 @@
 //!
 //! Scenarios so far: `storm` (jobs x viewers + status watchers), `fanout`
 //! (one group, many subscribers: a one-job storm), both with `--find-max`,
-//! and `ingest` (Redis into the fan-out). The cluster, connections and
-//! soak scenarios are still to come.
+//! `ingest` (Redis into the fan-out) and `connections` (idle clients, RSS
+//! per connection). The cluster and soak scenarios are still to come.
 
+mod connections;
 mod fanout;
 mod ingest;
 mod node;
@@ -30,6 +31,8 @@ enum Scenario {
     Ingest(ingest::Options),
     /// J jobs x V viewers + W status watchers, a status change every N events
     Storm(storm::Options),
+    /// Many idle subscribed clients: the node's memory per connection
+    Connections(connections::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +41,6 @@ fn main() -> anyhow::Result<()> {
         Scenario::Fanout(opts) => fanout::run(&opts),
         Scenario::Ingest(opts) => ingest::run(&opts),
         Scenario::Storm(opts) => storm::run(&opts),
+        Scenario::Connections(opts) => connections::run(&opts),
     }
 }

@@ -156,3 +156,41 @@ fn find_max_terminates_with_the_highest_clean_rate() {
     assert_eq!(found["max_clean_rate"], 225, "{report}");
     assert_eq!(report["runs"].as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn connections_are_all_live_and_memory_is_reported() {
+    let io = if wsrelay::probe_uring().is_ok() {
+        "uring"
+    } else {
+        "epoll"
+    };
+    let report = run(
+        "connections",
+        &[
+            "connections",
+            "--clients",
+            "300",
+            "--groups",
+            "30",
+            "--io",
+            io,
+        ],
+    );
+    for key in [
+        "scenario",
+        "io",
+        "workers",
+        "clients",
+        "groups",
+        "connect_secs",
+        "rss_idle_bytes",
+        "rss_connected_bytes",
+        "rss_bytes_per_connection",
+        "probe_expected",
+        "probe_received",
+    ] {
+        assert!(report.get(key).is_some(), "missing {key} in {report}");
+    }
+    assert_eq!(report["probe_received"], 300, "{report}");
+    assert!(report["rss_connected_bytes"].as_u64() >= report["rss_idle_bytes"].as_u64());
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::time::timeout;
 
-use super::stream::Stream;
+use super::stream::{Stream, READ_CHUNK};
 use super::worker::Worker;
 use super::{websocket, NodeContext};
 use crate::ingest::http as emit;
@@ -20,7 +20,9 @@ pub(super) async fn serve<S: Stream>(worker: Rc<Worker>, stream: S) {
 }
 
 async fn serve_requests<S: Stream>(worker: Rc<Worker>, stream: &S) {
-    let mut buf = BytesMut::with_capacity(4096);
+    // Small to start: an idle websocket client keeps this buffer for life,
+    // and requests larger than this grow it as they arrive.
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let ctx = worker.ctx.clone();
     let cfg = &ctx.config;
     loop {
@@ -177,7 +179,7 @@ async fn read_head<S: Stream>(
                 return Ok(Some(head));
             }
         }
-        buf.reserve(1024);
+        buf.reserve(READ_CHUNK);
         match stream.read(buf).await {
             Ok(0) if buf.is_empty() => return Ok(None),
             Ok(0) => return Err(ReadError::Io),

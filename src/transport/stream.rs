@@ -13,6 +13,11 @@ use bytes::{Bytes, BytesMut};
 /// Frames handed to the kernel per vectored write.
 pub(crate) const IOVECS: usize = 64;
 
+/// Spare room a read asks for. Client messages are small (a subscribe is
+/// ~100 bytes) and every idle connection keeps its buffer, so this is what
+/// an idle connection costs in read buffer; bigger messages grow it.
+pub(crate) const READ_CHUNK: usize = 1024;
+
 pub(crate) trait Stream: 'static {
     /// Appends what the socket has to `buf`'s spare capacity; `Ok(0)` at the
     /// end of the stream.
@@ -87,8 +92,8 @@ impl Stream for tokio::net::TcpStream {
 impl Stream for tokio_uring::net::TcpStream {
     async fn read(&self, buf: &mut BytesMut) -> io::Result<usize> {
         use tokio_uring::buf::BoundedBuf;
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(4096);
+        if buf.capacity() == buf.len() {
+            buf.reserve(READ_CHUNK);
         }
         let len = buf.len();
         // The read lands in the spare capacity after `len` (a slice of the

@@ -18,7 +18,7 @@ use bytes::BytesMut;
 use tokio::time::{timeout, Instant};
 
 use super::conn;
-use super::stream::{Stream, IOVECS};
+use super::stream::{Stream, IOVECS, READ_CHUNK};
 use super::worker::Worker;
 use crate::auth::Identity;
 use crate::fanout::{RouteDelta, SubId};
@@ -243,8 +243,8 @@ impl Session<'_> {
             if self.is_closing() {
                 return;
             }
-            if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(4096);
+            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                buf.reserve(READ_CHUNK);
             }
             match stream.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
@@ -339,7 +339,8 @@ impl Session<'_> {
     /// round moves up to `IOVECS` frames out of the queue into one vectored
     /// write and puts back what the socket did not take.
     async fn write_loop<S: Stream>(&self, stream: &S) -> std::io::Result<()> {
-        let mut frames = Vec::with_capacity(IOVECS);
+        // Grows with the batches it carries; an idle client's stays tiny.
+        let mut frames = Vec::new();
         loop {
             let more = poll_fn(|cx| {
                 let mut hub = self.worker.hub.borrow_mut();
