@@ -10,7 +10,8 @@ use anyhow::{bail, Context};
 use deadpool_redis::redis;
 use wsrelay::client::Client;
 
-use crate::{node, stamp};
+use crate::node::{self, RedisServer};
+use crate::stamp;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
@@ -193,51 +194,4 @@ async fn fill(
         pipe.query_async::<()>(conn).await?;
     }
     Ok(())
-}
-
-/// A private redis-server on a free loopback port, stopped on drop.
-struct RedisServer {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .context("starting redis-server (apt-get install redis-server)")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("redis-server did not start");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Self { child, port })
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

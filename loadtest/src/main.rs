@@ -10,6 +10,7 @@
 mod connections;
 mod fanout;
 mod ingest;
+mod layer;
 mod node;
 mod stamp;
 mod storm;

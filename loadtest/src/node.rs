@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use std::time::Instant;
+
 use anyhow::{bail, Context};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -122,4 +124,100 @@ pub fn perf_result(child: std::process::Child) -> Option<(u64, u64)> {
         count("raw_syscalls:sys_enter")?,
         count("io_uring_submit_req").unwrap_or(0),
     ))
+}
+
+/// A private redis-server on a free loopback port, stopped on drop.
+pub struct RedisServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl RedisServer {
+    pub fn start() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("starting redis-server (apt-get install redis-server)")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("redis-server did not start");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self { child, port })
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The AWX reference reproduction (`loadtest/awx_reference`): daphne with
+/// a consumer that behaves as SPEC section 2 describes AWX's, on
+/// channels_redis. One process, as AWX runs it.
+pub async fn start_awx_reference(redis_url: &str) -> anyhow::Result<NodeProcess> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let setup = std::process::Command::new(root.join("awx_reference/setup.sh"))
+        .output()
+        .context("running awx_reference/setup.sh")?;
+    if !setup.status.success() {
+        bail!(
+            "awx_reference/setup.sh failed: {}",
+            String::from_utf8_lossy(&setup.stderr)
+        );
+    }
+    let venv = String::from_utf8_lossy(&setup.stdout).trim().to_owned();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let child = Command::new(format!("{venv}/bin/daphne"))
+        .args([
+            "-b",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "awx_reference:application",
+        ])
+        .env("AWX_REF_REDIS", redis_url)
+        .env("PYTHONPATH", root.join("awx_reference"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting daphne")?;
+    let pid = child.id().context("daphne pid")?;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("daphne did not listen on {addr}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(NodeProcess {
+        _child: child,
+        addr,
+        pid,
+    })
 }

@@ -58,6 +58,15 @@ pub struct RunOptions {
     /// I/O driver of the node: epoll, uring or both (one after the other)
     #[arg(long, default_value = "both")]
     pub io: String,
+    /// What to load: wsrelay, or the AWX reference reproduction (daphne +
+    /// channels + channels_redis, loadtest/awx_reference)
+    #[arg(long, default_value = "wsrelay", value_parser = ["wsrelay", "awx-reference"])]
+    pub target: String,
+    /// How events enter: http (wsrelay's emit endpoint) or channels-redis
+    /// (AWX's producers' format, group_send semantics; required for the
+    /// AWX reference)
+    #[arg(long, default_value = "http", value_parser = ["http", "channels-redis"])]
+    pub producer: String,
     /// Worker threads of the node
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
@@ -170,10 +179,11 @@ pub fn run_scenario(
     if shape.jobs == 0 || shape.viewers + shape.watchers == 0 {
         bail!("a storm needs at least one job and one client");
     }
-    let drivers: Vec<&str> = match opts.io.as_str() {
-        "both" => vec!["epoll", "uring"],
-        "epoll" | "uring" => vec![opts.io.as_str()],
-        other => bail!("--io {other}: want epoll, uring or both"),
+    let drivers: Vec<&str> = match (opts.target.as_str(), opts.io.as_str()) {
+        ("awx-reference", _) => vec!["daphne"],
+        (_, "both") => vec!["epoll", "uring"],
+        (_, "epoll" | "uring") => vec![opts.io.as_str()],
+        (_, other) => bail!("--io {other}: want epoll, uring or both"),
     };
     let mut reports = Vec::new();
     let mut max_clean: Vec<serde_json::Value> = Vec::new();
@@ -286,7 +296,25 @@ struct Tally {
 const STATUS_GROUP: &str = "jobs-status_changed";
 
 async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::Result<Report> {
-    let node = node::start(io, opts.workers, &[]).await?;
+    let via_redis = opts.producer == "channels-redis" || opts.target == "awx-reference";
+    let redis = if via_redis {
+        Some(node::RedisServer::start()?)
+    } else {
+        None
+    };
+    let node = match (&redis, opts.target.as_str()) {
+        (Some(r), "awx-reference") => node::start_awx_reference(&r.url()).await?,
+        (Some(r), _) => {
+            let url = r.url();
+            node::start(
+                io,
+                opts.workers,
+                &["--redis", &url, "--backlog-hold-ms", "0"],
+            )
+            .await?
+        }
+        (None, _) => node::start(io, opts.workers, &[]).await?,
+    };
     let addr = node.addr;
     let tally = Rc::new(Tally {
         received: Cell::new(0),
@@ -298,6 +326,9 @@ async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::R
     let exp = stamp::now_ns() / 1_000_000_000 + 86_400;
     let mut ready = Vec::new();
     let clients = shape.jobs * shape.viewers + shape.watchers;
+    // Connections are set up 64 at a time: daphne's accept backlog refuses
+    // a burst of hundreds, and setup is not what is measured.
+    let setup = Rc::new(tokio::sync::Semaphore::new(64));
     for i in 0..clients {
         let token = wsrelay::auth::mint_hs256(
             node::SECRET.as_bytes(),
@@ -313,7 +344,14 @@ async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::R
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         ready.push(rx);
-        tokio::task::spawn_local(subscriber(addr, token, groups, tally.clone(), tx));
+        tokio::task::spawn_local(subscriber(
+            addr,
+            token,
+            groups,
+            tally.clone(),
+            setup.clone(),
+            tx,
+        ));
     }
     for rx in ready {
         rx.await.context("subscriber task")??;
@@ -323,7 +361,11 @@ async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::R
     // delay its schedule (no coordinated omission).
     let total = rate * (opts.warmup + opts.duration);
     let size = opts.size;
-    let producer = std::thread::spawn(move || produce(addr, shape, total, rate, size));
+    let sink = match &redis {
+        Some(r) => Sink::ChannelsRedis(r.url()),
+        None => Sink::Http(addr),
+    };
+    let producer = std::thread::spawn(move || produce(sink, shape, total, rate, size));
 
     tokio::time::sleep(Duration::from_secs(opts.warmup)).await;
     tally.measuring.set(true);
@@ -383,9 +425,14 @@ async fn subscriber(
     token: String,
     groups: String,
     tally: Rc<Tally>,
+    setup: Rc<tokio::sync::Semaphore>,
     ready: tokio::sync::oneshot::Sender<anyhow::Result<()>>,
 ) {
-    let mut client = match Client::join(addr, &token, &groups).await {
+    let joined = {
+        let _permit = setup.acquire().await;
+        Client::join(addr, &token, &groups).await
+    };
+    let mut client = match joined {
         Ok(c) => {
             let _ = ready.send(Ok(()));
             c
@@ -417,11 +464,19 @@ async fn subscriber(
     }
 }
 
+/// Where the producer writes.
+enum Sink {
+    /// wsrelay's `POST /api/v1/emit`, one keep-alive connection.
+    Http(SocketAddr),
+    /// AWX's producers' format: `group_send` into channels_redis.
+    ChannelsRedis(String),
+}
+
 /// Emits `total` job events (and the status changes among them) at `rate`
-/// job events per second on an open-loop schedule over one keep-alive HTTP
-/// connection; returns `(job events, status events)` accepted.
+/// job events per second on an open-loop schedule; returns `(job events,
+/// status events, seconds it took)`.
 fn produce(
-    addr: SocketAddr,
+    sink: Sink,
     shape: Shape,
     total: u64,
     rate: u64,
@@ -431,14 +486,21 @@ fn produce(
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let mut conn = TcpStream::connect(addr).await?;
-        conn.set_nodelay(true)?;
+        let mut out = match sink {
+            Sink::Http(addr) => {
+                let conn = TcpStream::connect(addr).await?;
+                conn.set_nodelay(true)?;
+                Out::Http(conn)
+            }
+            Sink::ChannelsRedis(url) => Out::Layer(crate::layer::GroupSender::connect(&url).await?),
+        };
         let start = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let (mut sent, mut status) = (0u64, 0u64);
         let mut counters = vec![0u64; shape.jobs];
         let mut body = String::new();
+        let mut batch: Vec<(String, String)> = Vec::new();
         while sent < total {
             tick.tick().await;
             // At most 5,000 events a request (about 5 MiB at 1 KiB, under the
@@ -450,41 +512,47 @@ fn produce(
             if due <= sent {
                 continue;
             }
-            body.clear();
-            body.push('[');
-            let mut count = 0u64;
+            batch.clear();
             for k in sent..due {
                 let job = (k % shape.jobs as u64) as usize;
-                if count > 0 {
-                    body.push(',');
-                }
-                body.push_str(&format!(r#"{{"group":"job_events-{}","payload":"#, job + 1));
-                body.push_str(&stamp::job_event(
-                    job + 1,
-                    counters[job],
-                    stamp::now_ns(),
-                    size,
-                ));
-                body.push('}');
+                let payload = stamp::job_event(job + 1, counters[job], stamp::now_ns(), size);
+                batch.push((format!("job_events-{}", job + 1), payload));
                 counters[job] += 1;
-                count += 1;
                 if shape.status_every > 0 && (k + 1) % shape.status_every == 0 {
-                    body.push_str(&format!(r#",{{"group":"{STATUS_GROUP}","payload":"#));
-                    body.push_str(&stamp::status_event(job + 1, status, stamp::now_ns()));
-                    body.push('}');
+                    let payload = stamp::status_event(job + 1, status, stamp::now_ns());
+                    batch.push((STATUS_GROUP.to_owned(), payload));
                     status += 1;
-                    count += 1;
                 }
             }
-            body.push(']');
-            let accepted = post(&mut conn, &body).await?;
-            if accepted != count {
-                bail!("the node accepted {accepted} of {count}");
+            match &mut out {
+                Out::Http(conn) => {
+                    body.clear();
+                    body.push('[');
+                    for (i, (group, payload)) in batch.iter().enumerate() {
+                        if i > 0 {
+                            body.push(',');
+                        }
+                        body.push_str(&format!(r#"{{"group":"{group}","payload":"#));
+                        body.push_str(payload);
+                        body.push('}');
+                    }
+                    body.push(']');
+                    let accepted = post(conn, &body).await?;
+                    if accepted != batch.len() as u64 {
+                        bail!("the node accepted {accepted} of {}", batch.len());
+                    }
+                }
+                Out::Layer(sender) => sender.send(&batch).await?,
             }
             sent = due;
         }
         anyhow::Ok((sent, status, start.elapsed().as_secs_f64()))
     })
+}
+
+enum Out {
+    Http(TcpStream),
+    Layer(crate::layer::GroupSender),
 }
 
 async fn post(conn: &mut TcpStream, body: &str) -> anyhow::Result<u64> {

@@ -194,3 +194,43 @@ fn connections_are_all_live_and_memory_is_reported() {
     assert_eq!(report["probe_received"], 300, "{report}");
     assert!(report["rss_connected_bytes"].as_u64() >= report["rss_idle_bytes"].as_u64());
 }
+
+#[test]
+fn the_awx_reference_and_the_channels_redis_producer_work() {
+    // The same small storm through AWX's producer format, against the AWX
+    // reference reproduction (daphne) and against wsrelay's Redis ingest.
+    let args = |target: &str| -> Vec<String> {
+        [
+            "storm",
+            "--jobs",
+            "4",
+            "--viewers",
+            "2",
+            "--watchers",
+            "3",
+            "--status-every",
+            "5",
+            "--rate",
+            "20",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--io",
+            "epoll",
+            "--producer",
+            "channels-redis",
+            "--target",
+            target,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    for (target, driver) in [("awx-reference", "daphne"), ("wsrelay", "epoll")] {
+        let a = args(target);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let report = run(&format!("ref-{target}"), &a);
+        // 20 job events to 2 viewers each, 4 status changes to 3 watchers.
+        check_runs(&report, &[driver], 20 * 2 + 4 * 3);
+    }
+}
