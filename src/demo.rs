@@ -12,6 +12,7 @@ use hdrhistogram::Histogram;
 use crate::auth::mint_hs256;
 use crate::client::Client;
 use crate::config::Config;
+use crate::payload;
 use crate::server::Node;
 
 /// The storm's shape.
@@ -132,7 +133,7 @@ async fn storm(node: &Node, opts: &DemoOptions, secret: &[u8]) -> anyhow::Result
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         ready.push(rx);
-        tokio::task::spawn_local(viewer(addr, token, groups, tally.clone(), start, tx));
+        tokio::task::spawn_local(viewer(addr, token, groups, tally.clone(), tx));
     }
     for rx in ready {
         rx.await??;
@@ -170,19 +171,19 @@ async fn storm(node: &Node, opts: &DemoOptions, secret: &[u8]) -> anyhow::Result
         while (sent as f64) < due && batch.len() < 10_000 {
             let job = (sent as usize) % opts.jobs;
             counters[job] += 1;
-            let ns = start.elapsed().as_nanos() as u64;
+            let ns = payload::now_ns();
             batch.push((
                 format!("job_events-{}", job + 1),
-                job_event(job + 1, counters[job], ns),
+                payload::job_event(job + 1, counters[job], ns, 1024),
             ));
             expected += opts.viewers as u64;
             sent += 1;
             if opts.status_every > 0 && sent % opts.status_every == 0 {
                 status_sent += 1;
-                let ns = start.elapsed().as_nanos() as u64;
+                let ns = payload::now_ns();
                 batch.push((
                     "jobs-status_changed".to_owned(),
-                    status_event(job + 1, status_sent, ns),
+                    payload::status_event(job + 1, status_sent, ns),
                 ));
                 expected += opts.watchers as u64;
             }
@@ -249,7 +250,6 @@ async fn viewer(
     token: String,
     groups: String,
     tally: Rc<Tally>,
-    start: Instant,
     ready: tokio::sync::oneshot::Sender<anyhow::Result<()>>,
 ) {
     let mut client = match Client::join(addr, &token, &groups).await {
@@ -264,10 +264,10 @@ async fn viewer(
     };
     let mut last_seq = 0u64;
     while let Ok(text) = client.next_text().await {
-        let Some((seq, ns)) = stamp(&text) else {
+        let Some((seq, ns)) = payload::read(&text) else {
             continue;
         };
-        let latency_us = (start.elapsed().as_nanos() as u64).saturating_sub(ns) / 1000;
+        let latency_us = payload::now_ns().saturating_sub(ns) / 1000;
         tally.received.set(tally.received.get() + 1);
         if seq <= last_seq {
             tally.out_of_order.set(tally.out_of_order.get() + 1);
@@ -275,80 +275,5 @@ async fn viewer(
         last_seq = seq;
         let _ = tally.window.borrow_mut().record(latency_us.max(1));
         let _ = tally.total.borrow_mut().record(latency_us.max(1));
-    }
-}
-
-/// Reads the `"emitted_ns"` and `"counter"` fields that open every demo
-/// payload, without parsing the rest.
-fn stamp(text: &[u8]) -> Option<(u64, u64)> {
-    let digits = |s: &[u8]| -> Option<(u64, usize)> {
-        let n = s.iter().take_while(|b| b.is_ascii_digit()).count();
-        std::str::from_utf8(&s[..n])
-            .ok()?
-            .parse()
-            .ok()
-            .map(|v| (v, n))
-    };
-    let rest = text.strip_prefix(b"{\"emitted_ns\": ")?;
-    let (ns, n) = digits(rest)?;
-    let rest = rest[n..].strip_prefix(b", \"counter\": ")?;
-    let (seq, _) = digits(rest)?;
-    Some((seq, ns))
-}
-
-/// A playbook event shaped like AWX's `job_events-<id>` payloads (about
-/// 1 KiB, ANSI-coloured stdout).
-fn job_event(job: usize, counter: u64, ns: u64) -> String {
-    format!(
-        concat!(
-            r#"{{"emitted_ns": {ns}, "counter": {c}, "id": {id}, "job": {job}, "group_name": "job_events", "#,
-            r#""type": "job_event", "event": "runner_on_ok", "event_level": 3, "failed": false, "changed": true, "#,
-            r#""uuid": "6c9c3c0e-2f9a-4c7b-9a1e-{c:012}", "parent_uuid": "0242ac12-0002-1c3b-6a1c-{job:012}", "#,
-            r#""created": "2026-11-25T10:00:00.000000Z", "modified": "2026-11-25T10:00:00.000000Z", "#,
-            r#""url": "/api/v2/job_events/{id}/", "play": "Configure web tier", "role": "nginx", "#,
-            r#""task": "Render nginx site configuration", "start_line": {c}, "end_line": {c1}, "#,
-            r#""stdout": "\u001b[0;33mchanged: [web-{h:03}.example.internal] => (item=site-{c})\u001b[0m", "#,
-            r#""event_data": {{"host": "web-{h:03}.example.internal", "remote_addr": "10.20.{h}.7", "#,
-            r#""task_action": "ansible.builtin.template", "resolved_action": "ansible.builtin.template", "#,
-            r#""task_path": "/runner/project/roles/nginx/tasks/main.yml:42", "play_pattern": "webservers", "#,
-            r#""res": {{"changed": true, "checksum": "a3f1c2d4e5b6978877665544332211ffeeddccbb", "#,
-            r#""dest": "/etc/nginx/sites-enabled/site-{c}.conf", "gid": 0, "group": "root", "mode": "0644", "#,
-            r#""owner": "root", "size": 1873, "state": "file", "uid": 0}}, "duration": 0.412}}}}"#
-        ),
-        ns = ns,
-        c = counter,
-        c1 = counter + 1,
-        id = job as u64 * 1_000_000 + counter,
-        job = job,
-        h = counter % 250,
-    )
-}
-
-fn status_event(job: usize, seq: u64, ns: u64) -> String {
-    format!(
-        r#"{{"emitted_ns": {ns}, "counter": {seq}, "unified_job_id": {job}, "status": "running", "type": "job", "group_name": "jobs", "instance_group_name": "default"}}"#
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn payloads_are_json_and_stamped() {
-        let e = job_event(7, 42, 123_456);
-        let v: serde_json::Value = serde_json::from_str(&e).expect("valid json");
-        assert_eq!(v["job"], 7);
-        assert_eq!(v["group_name"], "job_events");
-        assert!(
-            (900..1500).contains(&e.len()),
-            "about 1 KiB, got {}",
-            e.len()
-        );
-        assert_eq!(stamp(e.as_bytes()), Some((42, 123_456)));
-        let s = status_event(3, 9, 77);
-        serde_json::from_str::<serde_json::Value>(&s).expect("valid json");
-        assert_eq!(stamp(s.as_bytes()), Some((9, 77)));
-        assert_eq!(stamp(b"{\"accept\": true}"), None);
     }
 }

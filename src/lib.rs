@@ -11,8 +11,9 @@
 //! - [`ingest`]: producers (in-process, HTTP).
 //! - [`auth`], [`config`], [`metrics`]: boundaries and plain data.
 //! - [`server`]: the one place that wires the parts together.
-//! - [`client`], [`demo`], [`producer`]: a light websocket client, the storm
-//!   demo, and the producers behind `wsrelay emit`.
+//! - [`client`], [`demo`], [`producer`], [`payload`]: a light websocket
+//!   client, the storm demo, the producers behind `wsrelay emit`, and the
+//!   AWX-shaped test payloads the demo and the load tester send.
 
 pub mod auth;
 pub mod client;
@@ -21,6 +22,7 @@ pub mod demo;
 pub mod fanout;
 pub mod ingest;
 pub mod metrics;
+pub mod payload;
 pub mod producer;
 pub mod protocol;
 pub mod server;

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use wsrelay::client::Client;
 
-use crate::{node, stamp};
+use wsrelay::payload as stamp;
+
+use crate::node;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {

@@ -10,8 +10,9 @@ use anyhow::{bail, Context};
 use deadpool_redis::redis;
 use wsrelay::client::Client;
 
+use wsrelay::payload as stamp;
+
 use crate::node::{self, RedisServer};
-use crate::stamp;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {

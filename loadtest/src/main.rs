@@ -12,7 +12,6 @@ mod fanout;
 mod ingest;
 mod layer;
 mod node;
-mod stamp;
 mod storm;
 
 use clap::{Parser, Subcommand};

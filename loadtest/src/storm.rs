@@ -19,7 +19,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wsrelay::client::Client;
 
-use crate::{node, stamp};
+use wsrelay::payload as stamp;
+
+use crate::node;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {

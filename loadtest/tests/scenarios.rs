@@ -234,3 +234,57 @@ fn the_awx_reference_and_the_channels_redis_producer_work() {
         check_runs(&report, &[driver], 20 * 2 + 4 * 3);
     }
 }
+
+#[test]
+fn ingest_delivers_everything_in_order_on_both_paths() {
+    let report = run(
+        "ingest",
+        &[
+            "ingest",
+            "--events",
+            "3000",
+            "--size",
+            "512",
+            "--batches",
+            "1,64",
+            "--hold-ms",
+            "1500",
+        ],
+    );
+    let rows = report.as_array().unwrap();
+    let combos: Vec<(String, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["path"].as_str().unwrap().to_owned(),
+                r["batch"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        combos,
+        [
+            ("channels_redis", 1),
+            ("channels_redis", 64),
+            ("stream", 1),
+            ("stream", 64)
+        ]
+        .map(|(p, b)| (p.to_owned(), b))
+    );
+    // The harness itself fails on a missing or out-of-order event; here, the
+    // report's shape.
+    for r in rows {
+        for key in [
+            "scenario",
+            "events",
+            "size",
+            "seconds",
+            "events_per_sec",
+            "node_cpu_percent",
+        ] {
+            assert!(r.get(key).is_some(), "missing {key} in {r}");
+        }
+        assert_eq!(r["events"], 3000);
+        assert!(r["events_per_sec"].as_f64().unwrap() > 0.0);
+    }
+}

@@ -1,5 +1,6 @@
-//! The producer's stamp in each payload (`{"emitted_ns": T, "counter": N,
-//! ...`), read without parsing the rest of the JSON.
+//! Test traffic for `demo` and the load tester: payloads shaped like AWX's
+//! events, each opening with a stamp (`{"emitted_ns":T,"counter":N,...`)
+//! that a receiver reads without parsing the rest of the JSON.
 
 /// `(counter, emitted_ns)` of a payload that starts with the stamp.
 pub fn read(text: &[u8]) -> Option<(u64, u64)> {
