@@ -4,9 +4,11 @@
 //!
 //! Scenarios so far: `storm` (jobs x viewers + status watchers), `fanout`
 //! (one group, many subscribers: a one-job storm), both with `--find-max`,
-//! `ingest` (Redis into the fan-out) and `connections` (idle clients, RSS
-//! per connection). The cluster and soak scenarios are still to come.
+//! `ingest` (Redis into the fan-out), `connections` (idle clients, RSS per
+//! connection) and `soak` (a long storm: drift). The cluster scenario waits
+//! for the backplane.
 
+mod chart;
 mod connections;
 mod fanout;
 mod ingest;
@@ -33,6 +35,8 @@ enum Scenario {
     Storm(storm::Options),
     /// Many idle subscribed clients: the node's memory per connection
     Connections(connections::Options),
+    /// A storm for a long fixed time: drift in latency and memory
+    Soak(storm::SoakOptions),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,5 +46,6 @@ fn main() -> anyhow::Result<()> {
         Scenario::Ingest(opts) => ingest::run(&opts),
         Scenario::Storm(opts) => storm::run(&opts),
         Scenario::Connections(opts) => connections::run(&opts),
+        Scenario::Soak(opts) => storm::soak(&opts),
     }
 }

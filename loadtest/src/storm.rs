@@ -84,6 +84,9 @@ pub struct RunOptions {
     /// Write the JSON report here as well
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Write an SVG chart of throughput and latency over time here
+    #[arg(long)]
+    pub svg: Option<std::path::PathBuf>,
 }
 
 /// The storm's shape.
@@ -118,9 +121,42 @@ pub struct Report {
     pub server_rss_bytes: u64,
     pub syscalls_per_delivery: Option<f64>,
     pub uring_submissions_per_delivery: Option<f64>,
+    /// One sample per measured second.
+    pub timeline: Vec<Sample>,
+}
+
+/// One second of a run.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub t: u64,
+    pub deliveries_per_sec: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub rss_bytes: u64,
 }
 
 impl Report {
+    /// How the last tenth of the run compares with the first: memory growth
+    /// and p99 change (the soak scenario's point).
+    fn drift(&self) -> serde_json::Value {
+        let n = self.timeline.len();
+        if n < 2 {
+            return serde_json::Value::Null;
+        }
+        let k = (n / 10).max(1);
+        let avg =
+            |s: &[Sample], f: fn(&Sample) -> f64| s.iter().map(f).sum::<f64>() / s.len() as f64;
+        let (first, last) = (&self.timeline[..k], &self.timeline[n - k..]);
+        serde_json::json!({
+            "rss_first_bytes": avg(first, |s| s.rss_bytes as f64),
+            "rss_last_bytes": avg(last, |s| s.rss_bytes as f64),
+            "rss_growth_bytes": avg(last, |s| s.rss_bytes as f64) - avg(first, |s| s.rss_bytes as f64),
+            "p99_first_us": avg(first, |s| s.p99_us as f64),
+            "p99_last_us": avg(last, |s| s.p99_us as f64),
+            "deliveries_per_sec_first": avg(first, |s| s.deliveries_per_sec),
+            "deliveries_per_sec_last": avg(last, |s| s.deliveries_per_sec),
+        })
+    }
     /// No loss, no duplicates, p99 within the bound, and the offered rate
     /// really offered (a lagging generator proves nothing about the node).
     pub fn clean(&self, p99_bound_ms: u64) -> bool {
@@ -155,8 +191,39 @@ impl Report {
             "server_rss_bytes": self.server_rss_bytes,
             "syscalls_per_delivery": self.syscalls_per_delivery,
             "uring_submissions_per_delivery": self.uring_submissions_per_delivery,
+            "drift": self.drift(),
+            "timeline": self.timeline.iter().map(|s| serde_json::json!({
+                "t": s.t,
+                "deliveries_per_sec": s.deliveries_per_sec,
+                "p50_us": s.p50_us,
+                "p99_us": s.p99_us,
+                "rss_bytes": s.rss_bytes,
+            })).collect::<Vec<_>>(),
         })
     }
+}
+
+/// `soak`: a storm for a long fixed time, reporting drift (memory growth,
+/// p99 and throughput at the end against the start) and a timeline.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SoakOptions {
+    /// Measured seconds
+    #[arg(long, default_value_t = 600)]
+    pub seconds: u64,
+    #[command(flatten)]
+    pub storm: Options,
+}
+
+pub fn soak(opts: &SoakOptions) -> anyhow::Result<()> {
+    let mut storm = opts.storm.clone();
+    storm.run.duration = opts.seconds;
+    let shape = Shape {
+        jobs: storm.jobs,
+        viewers: storm.viewers,
+        watchers: storm.watchers,
+        status_every: storm.status_every,
+    };
+    run_scenario("soak", shape, &storm.run, 10_000)
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
@@ -241,6 +308,13 @@ pub fn run_scenario(
     if let Some(path) = &opts.json {
         std::fs::write(path, serde_json::to_string_pretty(&json)?)?;
     }
+    if let Some(path) = &opts.svg {
+        let title = format!(
+            "{scenario}: {} jobs x {} viewers + {} watchers, {} B",
+            shape.jobs, shape.viewers, shape.watchers, opts.size
+        );
+        std::fs::write(path, crate::chart::svg(&title, &reports))?;
+    }
     if !opts.find_max && reports.iter().any(|r| r.lost > 0 || r.duplicates > 0) {
         bail!("loss or duplicates seen");
     }
@@ -292,6 +366,8 @@ struct Tally {
     duplicates: Cell<u64>,
     gaps: Cell<u64>,
     latency: RefCell<Histogram<u64>>,
+    /// The current one-second window, for the timeline.
+    window: RefCell<Histogram<u64>>,
     measuring: Cell<bool>,
 }
 
@@ -323,6 +399,7 @@ async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::R
         duplicates: Cell::new(0),
         gaps: Cell::new(0),
         latency: RefCell::new(Histogram::new_with_bounds(1, 120_000_000, 3)?),
+        window: RefCell::new(Histogram::new_with_bounds(1, 120_000_000, 3)?),
         measuring: Cell::new(false),
     });
     let exp = stamp::now_ns() / 1_000_000_000 + 86_400;
@@ -377,7 +454,24 @@ async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::R
         tally.received.get(),
         node::cpu_seconds(node.pid),
     );
-    tokio::time::sleep(Duration::from_secs(opts.duration)).await;
+    let mut timeline = Vec::with_capacity(opts.duration as usize);
+    tally.window.borrow_mut().reset();
+    let mut last = (t0, r0);
+    for second in 1..=opts.duration {
+        tokio::time::sleep_until((t0 + Duration::from_secs(second)).into()).await;
+        let now = Instant::now();
+        let received = tally.received.get();
+        let mut window = tally.window.borrow_mut();
+        timeline.push(Sample {
+            t: second,
+            deliveries_per_sec: (received - last.1) as f64 / (now - last.0).as_secs_f64(),
+            p50_us: window.value_at_quantile(0.5),
+            p99_us: window.value_at_quantile(0.99),
+            rss_bytes: node::rss_bytes(node.pid).unwrap_or(0),
+        });
+        window.reset();
+        last = (now, received);
+    }
     let (t1, r1, cpu1) = (
         Instant::now(),
         tally.received.get(),
@@ -419,6 +513,7 @@ async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::R
         server_rss_bytes: rss,
         syscalls_per_delivery: counters.map(|(s, _)| s as f64 / delivered.max(1.0)),
         uring_submissions_per_delivery: counters.map(|(_, u)| u as f64 / delivered.max(1.0)),
+        timeline,
     })
 }
 
@@ -462,6 +557,7 @@ async fn subscriber(
         if tally.measuring.get() {
             let us = stamp::now_ns().saturating_sub(ns) / 1000;
             let _ = tally.latency.borrow_mut().record(us.max(1));
+            let _ = tally.window.borrow_mut().record(us.max(1));
         }
     }
 }

@@ -288,3 +288,60 @@ fn ingest_delivers_everything_in_order_on_both_paths() {
         assert!(r["events_per_sec"].as_f64().unwrap() > 0.0);
     }
 }
+
+#[test]
+fn soak_reports_a_timeline_drift_and_a_chart() {
+    let dir = std::env::temp_dir().join(format!("loadtest-soak-svg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let svg = dir.join("soak.svg");
+    let svg_arg = svg.to_string_lossy().into_owned();
+    let report = run(
+        "soak",
+        &[
+            "soak",
+            "--seconds",
+            "3",
+            "--jobs",
+            "5",
+            "--viewers",
+            "2",
+            "--watchers",
+            "2",
+            "--rate",
+            "200",
+            "--warmup",
+            "0",
+            "--io",
+            "epoll",
+            "--svg",
+            &svg_arg,
+        ],
+    );
+    let r = &report["runs"][0];
+    assert_eq!(r["scenario"], "soak");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["duplicates"], 0, "{r}");
+    let timeline = r["timeline"].as_array().unwrap();
+    assert_eq!(timeline.len(), 3, "one sample per second");
+    for s in timeline {
+        for key in ["t", "deliveries_per_sec", "p50_us", "p99_us", "rss_bytes"] {
+            assert!(s.get(key).is_some(), "missing {key} in {s}");
+        }
+        assert!(s["rss_bytes"].as_u64().unwrap() > 0);
+    }
+    for key in [
+        "rss_growth_bytes",
+        "p99_first_us",
+        "p99_last_us",
+        "deliveries_per_sec_first",
+    ] {
+        assert!(r["drift"].get(key).is_some(), "missing drift {key} in {r}");
+    }
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(chart.starts_with("<svg") && chart.trim_end().ends_with("</svg>"));
+    assert_eq!(
+        chart.matches("<polyline").count(),
+        3,
+        "rate, p99 and p50 lines"
+    );
+}
