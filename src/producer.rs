@@ -94,6 +94,16 @@ pub async fn redis_stream(url: &str, stream: &str, events: &[Event]) -> anyhow::
         .get_multiplexed_async_connection()
         .await
         .with_context(|| format!("cannot connect to {url}"))?;
+    xadd(&mut conn, stream, events).await
+}
+
+/// `XADD`s events to `stream` over an open connection, `BATCH` per round
+/// trip; returns how many were added.
+pub async fn xadd(
+    conn: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    events: &[Event],
+) -> anyhow::Result<u64> {
     let mut added = 0;
     for chunk in events.chunks(BATCH) {
         let mut pipe = redis::pipe();
@@ -107,7 +117,7 @@ pub async fn redis_stream(url: &str, stream: &str, events: &[Event]) -> anyhow::
                 .arg(payload)
                 .ignore();
         }
-        pipe.query_async::<()>(&mut conn).await?;
+        pipe.query_async::<()>(conn).await?;
         added += chunk.len() as u64;
     }
     Ok(added)

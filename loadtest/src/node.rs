@@ -221,3 +221,32 @@ pub async fn start_awx_reference(redis_url: &str) -> anyhow::Result<NodeProcess>
         pid,
     })
 }
+
+/// A node inside this process (for the in-process producer). Its CPU and
+/// RSS readings are this whole process's.
+pub fn start_inproc(io: &str, workers: usize) -> anyhow::Result<(wsrelay::Node, NodeProcess)> {
+    let io = match io {
+        "epoll" => wsrelay::config::IoMode::Epoll,
+        "uring" => wsrelay::config::IoMode::Uring,
+        _ => wsrelay::config::IoMode::Auto,
+    };
+    let node = wsrelay::Node::start(wsrelay::Config {
+        listen: "127.0.0.1:0".parse()?,
+        workers,
+        io,
+        jwt_secret: Some(SECRET.into()),
+        emit_key: Some(EMIT_KEY.into()),
+        ..wsrelay::Config::default()
+    })?;
+    let addr = node.local_addr();
+    // No child: a placeholder that kill_on_drop cannot harm.
+    let child = Command::new("true").kill_on_drop(true).spawn()?;
+    Ok((
+        node,
+        NodeProcess {
+            _child: child,
+            addr,
+            pid: std::process::id(),
+        },
+    ))
+}

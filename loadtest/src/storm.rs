@@ -64,10 +64,12 @@ pub struct RunOptions {
     /// channels + channels_redis, loadtest/awx_reference)
     #[arg(long, default_value = "wsrelay", value_parser = ["wsrelay", "awx-reference"])]
     pub target: String,
-    /// How events enter: http (wsrelay's emit endpoint) or channels-redis
-    /// (AWX's producers' format, group_send semantics; required for the
-    /// AWX reference)
-    #[arg(long, default_value = "http", value_parser = ["http", "channels-redis"])]
+    /// How events enter: http (wsrelay's emit endpoint), channels-redis
+    /// (AWX's producers' format, group_send semantics; required for the AWX
+    /// reference), stream (wsrelay's native Redis Stream, pipelined XADD),
+    /// or inproc (the node runs inside the harness; its CPU and RSS then
+    /// include the harness's)
+    #[arg(long, default_value = "http", value_parser = ["http", "channels-redis", "stream", "inproc"])]
     pub producer: String,
     /// Worker threads of the node
     #[arg(long, default_value_t = 1)]
@@ -374,22 +376,28 @@ struct Tally {
 const STATUS_GROUP: &str = "jobs-status_changed";
 
 async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::Result<Report> {
-    let via_redis = opts.producer == "channels-redis" || opts.target == "awx-reference";
+    let via_redis = matches!(opts.producer.as_str(), "channels-redis" | "stream")
+        || opts.target == "awx-reference";
+    if opts.producer == "inproc" && opts.target != "wsrelay" {
+        bail!("--producer inproc needs --target wsrelay");
+    }
     let redis = if via_redis {
         Some(node::RedisServer::start()?)
     } else {
         None
     };
+    let mut inproc = None;
     let node = match (&redis, opts.target.as_str()) {
         (Some(r), "awx-reference") => node::start_awx_reference(&r.url()).await?,
         (Some(r), _) => {
             let url = r.url();
-            node::start(
-                io,
-                opts.workers,
-                &["--redis", &url, "--backlog-hold-ms", "0"],
-            )
-            .await?
+            let args = ["--redis", url.as_str(), "--backlog-hold-ms", "0"];
+            node::start(io, opts.workers, &args).await?
+        }
+        (None, _) if opts.producer == "inproc" => {
+            let (n, process) = node::start_inproc(io, opts.workers)?;
+            inproc = Some(n);
+            process
         }
         (None, _) => node::start(io, opts.workers, &[]).await?,
     };
@@ -440,9 +448,11 @@ async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::R
     // delay its schedule (no coordinated omission).
     let total = rate * (opts.warmup + opts.duration);
     let size = opts.size;
-    let sink = match &redis {
-        Some(r) => Sink::ChannelsRedis(r.url()),
-        None => Sink::Http(addr),
+    let sink = match (&redis, &inproc) {
+        (Some(r), _) if opts.producer == "stream" => Sink::Stream(r.url()),
+        (Some(r), _) => Sink::ChannelsRedis(r.url()),
+        (None, Some(n)) => Sink::InProc(n.emitter()),
+        (None, None) => Sink::Http(addr),
     };
     let producer = std::thread::spawn(move || produce(sink, shape, total, rate, size));
 
@@ -469,9 +479,20 @@ async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::R
             p99_us: window.value_at_quantile(0.99),
             rss_bytes: node::rss_bytes(node.pid).unwrap_or(0),
         });
+        if let Some(s) = timeline.last() {
+            eprint!(
+                "\r  {io} t={:>4}s  {:>9.0} deliveries/s  p50 {:>7.2} ms  p99 {:>7.2} ms  lost {}   ",
+                s.t,
+                s.deliveries_per_sec,
+                s.p50_us as f64 / 1000.0,
+                s.p99_us as f64 / 1000.0,
+                tally.gaps.get()
+            );
+        }
         window.reset();
         last = (now, received);
     }
+    eprintln!();
     let (t1, r1, cpu1) = (
         Instant::now(),
         tally.received.get(),
@@ -568,6 +589,10 @@ enum Sink {
     Http(SocketAddr),
     /// AWX's producers' format: `group_send` into channels_redis.
     ChannelsRedis(String),
+    /// wsrelay's native Redis Stream.
+    Stream(String),
+    /// The in-process `Emitter` of a node inside the harness.
+    InProc(wsrelay::Emitter),
 }
 
 /// Emits `total` job events (and the status changes among them) at `rate`
@@ -591,6 +616,12 @@ fn produce(
                 Out::Http(conn)
             }
             Sink::ChannelsRedis(url) => Out::Layer(crate::layer::GroupSender::connect(&url).await?),
+            Sink::Stream(url) => Out::Stream(
+                deadpool_redis::redis::Client::open(url.as_str())?
+                    .get_multiplexed_async_connection()
+                    .await?,
+            ),
+            Sink::InProc(emitter) => Out::InProc(emitter),
         };
         let start = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -641,6 +672,14 @@ fn produce(
                     }
                 }
                 Out::Layer(sender) => sender.send(&batch).await?,
+                Out::Stream(conn) => {
+                    wsrelay::producer::xadd(conn, "wsrelay:events", &batch).await?;
+                }
+                Out::InProc(emitter) => {
+                    emitter
+                        .emit_many(batch.iter().map(|(g, p)| (g.as_str(), p.as_str())))
+                        .await?;
+                }
             }
             sent = due;
         }
@@ -651,6 +690,8 @@ fn produce(
 enum Out {
     Http(TcpStream),
     Layer(crate::layer::GroupSender),
+    Stream(deadpool_redis::redis::aio::MultiplexedConnection),
+    InProc(wsrelay::Emitter),
 }
 
 async fn post(conn: &mut TcpStream, body: &str) -> anyhow::Result<u64> {

@@ -345,3 +345,35 @@ fn soak_reports_a_timeline_drift_and_a_chart() {
         "rate, p99 and p50 lines"
     );
 }
+
+#[test]
+fn the_stream_and_in_process_producers_work() {
+    for producer in ["stream", "inproc"] {
+        let report = run(
+            &format!("producer-{producer}"),
+            &[
+                "storm",
+                "--jobs",
+                "4",
+                "--viewers",
+                "2",
+                "--watchers",
+                "3",
+                "--status-every",
+                "5",
+                "--rate",
+                "100",
+                "--duration",
+                "1",
+                "--warmup",
+                "0",
+                "--io",
+                "epoll",
+                "--producer",
+                producer,
+            ],
+        );
+        // 100 job events to 2 viewers each, 20 status changes to 3 watchers.
+        check_runs(&report, &["epoll"], 100 * 2 + 20 * 3);
+    }
+}
