@@ -8,7 +8,8 @@
 //!   shared; bounded queues. No I/O.
 //! - `transport`: worker threads, sockets, the per-connection state
 //!   machines.
-//! - [`ingest`]: producers (in-process, HTTP).
+//! - [`ingest`]: producers (in-process, HTTP, channels_redis, Redis Stream).
+//! - [`backplane`]: node-to-node links (so far: AWX's secret header).
 //! - [`auth`], [`config`], [`metrics`]: boundaries and plain data.
 //! - [`server`]: the one place that wires the parts together.
 //! - [`client`], [`demo`], [`producer`], [`payload`]: a light websocket
@@ -16,6 +17,7 @@
 //!   AWX-shaped test payloads the demo and the load tester send.
 
 pub mod auth;
+pub mod backplane;
 pub mod client;
 pub mod config;
 pub mod demo;
