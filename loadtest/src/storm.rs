@@ -217,25 +217,24 @@ pub struct SoakOptions {
 }
 
 pub fn soak(opts: &SoakOptions) -> anyhow::Result<()> {
-    let mut storm = opts.storm.clone();
-    storm.run.duration = opts.seconds;
-    let shape = Shape {
-        jobs: storm.jobs,
-        viewers: storm.viewers,
-        watchers: storm.watchers,
-        status_every: storm.status_every,
-    };
-    run_scenario("soak", shape, &storm.run, 10_000)
+    let mut run = opts.storm.run.clone();
+    run.duration = opts.seconds;
+    run_scenario("soak", opts.storm.shape(), &run, 10_000)
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
-    let shape = Shape {
-        jobs: opts.jobs,
-        viewers: opts.viewers,
-        watchers: opts.watchers,
-        status_every: opts.status_every,
-    };
-    run_scenario("storm", shape, &opts.run, 10_000)
+    run_scenario("storm", opts.shape(), &opts.run, 10_000)
+}
+
+impl Options {
+    fn shape(&self) -> Shape {
+        Shape {
+            jobs: self.jobs,
+            viewers: self.viewers,
+            watchers: self.watchers,
+            status_every: self.status_every,
+        }
+    }
 }
 
 /// Runs `shape` per driver (and per rate with `--find-max`), prints the
