@@ -37,6 +37,15 @@ pub enum ConfigError {
     Empty(&'static str),
     #[error("--redis {0}: want a redis:// or unix:// URL")]
     RedisUrl(String),
+    #[error(
+        "refusing to start a cluster without a backplane secret: --peer is set, \
+         so pass --backplane-secret S (the same on every node; AWX's BROADCAST_WEBSOCKET_SECRET)"
+    )]
+    NoBackplaneSecret,
+    #[error(transparent)]
+    Peer(#[from] crate::backplane::peer::PeerUrlError),
+    #[error("--peer-ca-file {path}: {why}")]
+    PeerCa { path: PathBuf, why: String },
 }
 
 /// Which I/O driver the workers use.
@@ -143,6 +152,39 @@ pub struct Config {
     /// clients reconnecting after a restart subscribe first and miss
     /// nothing Redis kept. Default 2 s.
     pub backlog_hold: Duration,
+    /// Peers to dial: `[native+|awx-2020+|awx-2022+]ws[s]://host[:port]`.
+    /// Default none: a single node. Re-read from the config file on SIGHUP.
+    pub peers: Vec<String>,
+    /// The backplane's shared secret (AWX's `BROADCAST_WEBSOCKET_SECRET`).
+    /// No default; without it every peer upgrade is refused with 403, and
+    /// a node with peers refuses to start.
+    pub backplane_secret: Option<String>,
+    /// Verify peers' TLS certificates on `wss://`. Default on; AWX nodes
+    /// with self-signed certificates need it off (AWX's own default).
+    pub peer_tls_verify: bool,
+    /// Extra PEM certificate authorities for `wss://` peers. Default none
+    /// (the Mozilla roots only).
+    pub peer_ca_file: Option<PathBuf>,
+    /// Time to connect, TLS and upgrade to a peer. Default 5 s.
+    pub peer_connect_timeout: Duration,
+    /// Longest wait between dial attempts; the first retry comes within
+    /// 1 s and doubles from there, with jitter. Default 30 s.
+    pub peer_backoff_max: Duration,
+    /// Ping interval on peer links; a link silent for three intervals is
+    /// dead and redialled. Default 5 s.
+    pub peer_ping_interval: Duration,
+    /// A batch is sent once it holds this many events... Default 1,024.
+    pub peer_batch_events: usize,
+    /// ...or this many payload bytes... Default 256 KiB.
+    pub peer_batch_bytes: usize,
+    /// ...or after this long since the first event waited, whichever comes
+    /// first. Default 1 ms.
+    pub peer_flush_delay: Duration,
+    /// Events held per peer until acknowledged (the resend buffer); past
+    /// it the oldest are evicted and counted. Default 100,000.
+    pub peer_buffer_events: usize,
+    /// The resend buffer's bound in payload bytes. Default 64 MiB.
+    pub peer_buffer_bytes: usize,
 }
 
 impl Default for Config {
@@ -181,6 +223,18 @@ impl Default for Config {
             stream_key: "wsrelay:events".to_owned(),
             stream_maxlen: 1_000_000,
             backlog_hold: Duration::from_secs(2),
+            peers: Vec::new(),
+            backplane_secret: None,
+            peer_tls_verify: true,
+            peer_ca_file: None,
+            peer_connect_timeout: Duration::from_secs(5),
+            peer_backoff_max: Duration::from_secs(30),
+            peer_ping_interval: Duration::from_secs(5),
+            peer_batch_events: 1024,
+            peer_batch_bytes: 256 * 1024,
+            peer_flush_delay: Duration::from_millis(1),
+            peer_buffer_events: 100_000,
+            peer_buffer_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -211,12 +265,28 @@ impl Config {
             (self.redis_batch, "redis-batch"),
             (self.group_expiry_secs as usize, "group-expiry-secs"),
             (self.message_expiry_secs as usize, "message-expiry-secs"),
+            (self.peer_batch_events, "peer-batch-events"),
+            (self.peer_batch_bytes, "peer-batch-bytes"),
+            (self.peer_buffer_events, "peer-buffer-events"),
+            (self.peer_buffer_bytes, "peer-buffer-bytes"),
         ];
         if let Some((_, name)) = nonzero.iter().find(|(v, _)| *v == 0) {
             return Err(ConfigError::Zero(name));
         }
         if self.ping_interval.is_zero() {
             return Err(ConfigError::Zero("ping-interval-ms"));
+        }
+        if self.peer_ping_interval.is_zero() {
+            return Err(ConfigError::Zero("peer-ping-interval-ms"));
+        }
+        if self.peer_connect_timeout.is_zero() {
+            return Err(ConfigError::Zero("peer-connect-timeout-ms"));
+        }
+        self.peer_specs()?;
+        match &self.backplane_secret {
+            Some(s) if s.is_empty() => return Err(ConfigError::Empty("backplane-secret")),
+            None if !self.peers.is_empty() => return Err(ConfigError::NoBackplaneSecret),
+            _ => {}
         }
         if self.worker_count() > MAX_WORKERS {
             return Err(ConfigError::TooManyWorkers(self.workers));
@@ -244,6 +314,18 @@ impl Config {
             (None, true) => Ok(Authenticator::DevInsecure),
             (None, false) => Err(ConfigError::NoAuthenticator),
         }
+    }
+
+    /// The configured peers, parsed; duplicates collapse to one.
+    pub fn peer_specs(&self) -> Result<Vec<crate::backplane::PeerSpec>, ConfigError> {
+        let mut out: Vec<crate::backplane::PeerSpec> = Vec::new();
+        for url in &self.peers {
+            let p = crate::backplane::PeerSpec::parse(url.trim())?;
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        Ok(out)
     }
 
     /// The number of workers after resolving 0 to the core count.
@@ -367,6 +449,42 @@ pub struct Settings {
     /// Hold Redis backlogs this long after start, ms [default: 2000]
     #[arg(long, env = "WSRELAY_BACKLOG_HOLD_MS")]
     pub backlog_hold_ms: Option<u64>,
+    /// Peer to dial, [native+|awx-2020+|awx-2022+]ws[s]://host[:port]; repeat (or comma-separate)
+    #[arg(long = "peer", env = "WSRELAY_PEERS", value_delimiter = ',')]
+    pub peers: Option<Vec<String>>,
+    /// Backplane shared secret (AWX's BROADCAST_WEBSOCKET_SECRET); required with --peer
+    #[arg(long, env = "WSRELAY_BACKPLANE_SECRET", hide_env_values = true)]
+    pub backplane_secret: Option<String>,
+    /// Verify wss:// peer certificates [default: true]
+    #[arg(long, env = "WSRELAY_PEER_TLS_VERIFY", num_args = 0..=1, default_missing_value = "true")]
+    pub peer_tls_verify: Option<bool>,
+    /// Extra PEM CA certificates for wss:// peers
+    #[arg(long, env = "WSRELAY_PEER_CA_FILE")]
+    pub peer_ca_file: Option<PathBuf>,
+    /// Peer connect + TLS + upgrade timeout, ms [default: 5000]
+    #[arg(long, env = "WSRELAY_PEER_CONNECT_TIMEOUT_MS")]
+    pub peer_connect_timeout_ms: Option<u64>,
+    /// Longest wait between peer dial attempts, ms [default: 30000]
+    #[arg(long, env = "WSRELAY_PEER_BACKOFF_MAX_MS")]
+    pub peer_backoff_max_ms: Option<u64>,
+    /// Peer link ping interval, ms; three silent intervals end a link [default: 5000]
+    #[arg(long, env = "WSRELAY_PEER_PING_INTERVAL_MS")]
+    pub peer_ping_interval_ms: Option<u64>,
+    /// Events per backplane batch at most [default: 1024]
+    #[arg(long, env = "WSRELAY_PEER_BATCH_EVENTS")]
+    pub peer_batch_events: Option<usize>,
+    /// Payload bytes per backplane batch, about [default: 262144]
+    #[arg(long, env = "WSRELAY_PEER_BATCH_BYTES")]
+    pub peer_batch_bytes: Option<usize>,
+    /// Longest wait to fill a backplane batch, microseconds [default: 1000]
+    #[arg(long, env = "WSRELAY_PEER_FLUSH_DELAY_US")]
+    pub peer_flush_delay_us: Option<u64>,
+    /// Events held per peer until acknowledged [default: 100000]
+    #[arg(long, env = "WSRELAY_PEER_BUFFER_EVENTS")]
+    pub peer_buffer_events: Option<usize>,
+    /// Payload bytes held per peer until acknowledged [default: 67108864]
+    #[arg(long, env = "WSRELAY_PEER_BUFFER_BYTES")]
+    pub peer_buffer_bytes: Option<usize>,
 }
 
 impl Settings {
@@ -421,6 +539,18 @@ impl Settings {
             stream_key,
             stream_maxlen,
             backlog_hold_ms,
+            peers,
+            backplane_secret,
+            peer_tls_verify,
+            peer_ca_file,
+            peer_connect_timeout_ms,
+            peer_backoff_max_ms,
+            peer_ping_interval_ms,
+            peer_batch_events,
+            peer_batch_bytes,
+            peer_flush_delay_us,
+            peer_buffer_events,
+            peer_buffer_bytes,
         )
     }
 
@@ -462,6 +592,20 @@ impl Settings {
             stream_key: self.stream_key.unwrap_or(d.stream_key),
             stream_maxlen: self.stream_maxlen.unwrap_or(d.stream_maxlen),
             backlog_hold: ms(self.backlog_hold_ms, d.backlog_hold),
+            peers: self.peers.unwrap_or(d.peers),
+            backplane_secret: self.backplane_secret,
+            peer_tls_verify: self.peer_tls_verify.unwrap_or(d.peer_tls_verify),
+            peer_ca_file: self.peer_ca_file,
+            peer_connect_timeout: ms(self.peer_connect_timeout_ms, d.peer_connect_timeout),
+            peer_backoff_max: ms(self.peer_backoff_max_ms, d.peer_backoff_max),
+            peer_ping_interval: ms(self.peer_ping_interval_ms, d.peer_ping_interval),
+            peer_batch_events: self.peer_batch_events.unwrap_or(d.peer_batch_events),
+            peer_batch_bytes: self.peer_batch_bytes.unwrap_or(d.peer_batch_bytes),
+            peer_flush_delay: self
+                .peer_flush_delay_us
+                .map_or(d.peer_flush_delay, Duration::from_micros),
+            peer_buffer_events: self.peer_buffer_events.unwrap_or(d.peer_buffer_events),
+            peer_buffer_bytes: self.peer_buffer_bytes.unwrap_or(d.peer_buffer_bytes),
         }
     }
 }
@@ -524,6 +668,22 @@ mod tests {
             many.validate(),
             Err(ConfigError::TooManyWorkers(65))
         ));
+        let cluster = Config {
+            dev_insecure: true,
+            peers: vec!["ws://node2:8051".into()],
+            ..Config::default()
+        };
+        assert!(matches!(
+            cluster.validate(),
+            Err(ConfigError::NoBackplaneSecret)
+        ));
+        let bad_peer = Config {
+            dev_insecure: true,
+            backplane_secret: Some("s".into()),
+            peers: vec!["http://node2".into()],
+            ..Config::default()
+        };
+        assert!(matches!(bad_peer.validate(), Err(ConfigError::Peer(_))));
         let ok = Config {
             jwt_secret: Some("secret".into()),
             ..Config::default()

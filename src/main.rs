@@ -110,21 +110,49 @@ fn serve(config: Option<PathBuf>, flags: Settings) -> anyhow::Result<()> {
         Some(path) => Settings::from_file(path)?,
         None => Settings::default(),
     };
-    let node = Node::start(flags.or(file).into_config())?;
+    let node = Node::start(flags.clone().or(file).into_config())?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = hup.recv() => reload_peers(&node, config.as_deref(), &flags),
+            }
         }
         anyhow::Ok(())
     })?;
     tracing::info!("shutting down");
     node.shutdown();
     Ok(())
+}
+
+/// SIGHUP: re-reads the config file and applies its peer list. Only the
+/// peers change at run time; a bad file is logged and changes nothing.
+fn reload_peers(node: &Node, path: Option<&std::path::Path>, flags: &Settings) {
+    let Some(path) = path else {
+        tracing::warn!("SIGHUP: no --config file to re-read; peers unchanged");
+        return;
+    };
+    let config = match Settings::from_file(path) {
+        Ok(file) => flags.clone().or(file).into_config(),
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: config not reloaded; peers unchanged");
+            return;
+        }
+    };
+    match config.peer_specs() {
+        Ok(peers) => {
+            tracing::info!(peers = peers.len(), "SIGHUP: peer list reloaded");
+            node.set_peers(peers);
+        }
+        Err(e) => tracing::error!(error = %e, "SIGHUP: peers unchanged"),
+    }
 }
 
 /// `wsrelay emit`: one event (`--group`/`--data`) or many (`--jsonl`),

@@ -6,6 +6,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::ingest::channels_redis::Malformed;
@@ -105,6 +106,197 @@ pub struct Metrics {
     stream_skipped: Vec<Counter>,
     /// Stream entries removed unread because the stream passed its cap.
     pub stream_trimmed_unread: Counter,
+    /// The backplane's families, per peer.
+    pub peers: PeerFamilies,
+}
+
+/// Per-peer backplane metrics. The `peer` label is a configured peer
+/// (`host:port`) or the node name an authenticated peer announced: bounded
+/// by the cluster's size, never by client input.
+#[derive(Clone)]
+pub struct PeerFamilies {
+    link_up: Family<Labels, Gauge>,
+    connected_since: Family<Labels, Gauge>,
+    events_sent: Family<Labels, Counter>,
+    bytes_sent: Family<Labels, Counter>,
+    events_received: Family<Labels, Counter>,
+    bytes_received: Family<Labels, Counter>,
+    batch_events: Family<Labels, Histogram, fn() -> Histogram>,
+    resend_depth: Family<Labels, Gauge>,
+    reconnects: Family<Labels, Counter>,
+    link_failures: Family<Labels, Counter>,
+    evicted: Family<Labels, Counter>,
+    discarded: Family<Labels, Counter>,
+    gaps: Family<Labels, Counter>,
+    duplicates: Family<Labels, Counter>,
+    skipped: Family<Labels, Counter>,
+    auth_failures: Family<Labels, Counter>,
+}
+
+fn batch_histogram() -> Histogram {
+    Histogram::new([1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0])
+}
+
+impl Default for PeerFamilies {
+    fn default() -> Self {
+        Self {
+            link_up: Family::default(),
+            connected_since: Family::default(),
+            events_sent: Family::default(),
+            bytes_sent: Family::default(),
+            events_received: Family::default(),
+            bytes_received: Family::default(),
+            batch_events: Family::new_with_constructor(batch_histogram),
+            resend_depth: Family::default(),
+            reconnects: Family::default(),
+            link_failures: Family::default(),
+            evicted: Family::default(),
+            discarded: Family::default(),
+            gaps: Family::default(),
+            duplicates: Family::default(),
+            skipped: Family::default(),
+            auth_failures: Family::default(),
+        }
+    }
+}
+
+/// One link's handles, made once per connection.
+#[derive(Clone)]
+pub struct LinkMetrics {
+    pub up: Gauge,
+    pub connected_since: Gauge,
+    pub events_sent: Counter,
+    pub bytes_sent: Counter,
+    pub events_received: Counter,
+    pub bytes_received: Counter,
+    pub batch_events: Histogram,
+    pub resend_depth: Gauge,
+    pub reconnects: Counter,
+    pub link_failures: Counter,
+    pub evicted: Counter,
+    pub discarded: Counter,
+    pub gaps: Counter,
+    pub duplicates: Counter,
+    pub skipped: Counter,
+}
+
+impl PeerFamilies {
+    fn register(&self, registry: &mut Registry) {
+        let r = registry;
+        r.register(
+            "backplane_link_up",
+            "1 while the link to or from a peer is up",
+            self.link_up.clone(),
+        );
+        r.register(
+            "backplane_link_connected_since_seconds",
+            "Unix time the current link came up",
+            self.connected_since.clone(),
+        );
+        r.register(
+            "backplane_events_sent",
+            "Events sent to a peer",
+            self.events_sent.clone(),
+        );
+        r.register(
+            "backplane_bytes_sent",
+            "Bytes of event frames sent to a peer",
+            self.bytes_sent.clone(),
+        );
+        r.register(
+            "backplane_events_received",
+            "Events received from a peer",
+            self.events_received.clone(),
+        );
+        r.register(
+            "backplane_bytes_received",
+            "Bytes of event frames received from a peer",
+            self.bytes_received.clone(),
+        );
+        r.register(
+            "backplane_batch_events",
+            "Events per frame sent to a peer",
+            self.batch_events.clone(),
+        );
+        r.register(
+            "backplane_resend_buffer_events",
+            "Events held for a peer until it acknowledges them",
+            self.resend_depth.clone(),
+        );
+        r.register(
+            "backplane_reconnects",
+            "Times a link to a peer came up again",
+            self.reconnects.clone(),
+        );
+        r.register(
+            "backplane_link_failures",
+            "Failed attempts to dial a peer, or links that broke",
+            self.link_failures.clone(),
+        );
+        r.register(
+            "backplane_evicted",
+            "Events evicted unacknowledged from a full resend buffer (lost to that peer)",
+            self.evicted.clone(),
+        );
+        r.register(
+            "backplane_discarded",
+            "Buffered events dropped because the peer restarted (its clients are new)",
+            self.discarded.clone(),
+        );
+        r.register(
+            "backplane_gap_events",
+            "Events a peer's sequence numbers show were never received",
+            self.gaps.clone(),
+        );
+        r.register(
+            "backplane_duplicates",
+            "Events received twice from a peer and not delivered again",
+            self.duplicates.clone(),
+        );
+        r.register(
+            "backplane_skipped",
+            "Messages from an AWX peer that were not understood",
+            self.skipped.clone(),
+        );
+        r.register(
+            "backplane_auth_failures",
+            "Peer upgrades refused with 403, by reason",
+            self.auth_failures.clone(),
+        );
+    }
+
+    /// The handles of one peer's link; `direction` is `out` (we dialed)
+    /// or `in` (it dialed us).
+    pub fn link(&self, peer: &str, direction: &'static str) -> LinkMetrics {
+        let p = || vec![("peer", peer.to_owned())];
+        let pd = vec![
+            ("peer", peer.to_owned()),
+            ("direction", direction.to_owned()),
+        ];
+        LinkMetrics {
+            up: self.link_up.get_or_create(&pd).clone(),
+            connected_since: self.connected_since.get_or_create(&pd).clone(),
+            events_sent: self.events_sent.get_or_create(&p()).clone(),
+            bytes_sent: self.bytes_sent.get_or_create(&p()).clone(),
+            events_received: self.events_received.get_or_create(&p()).clone(),
+            bytes_received: self.bytes_received.get_or_create(&p()).clone(),
+            batch_events: self.batch_events.get_or_create(&p()).clone(),
+            resend_depth: self.resend_depth.get_or_create(&p()).clone(),
+            reconnects: self.reconnects.get_or_create(&p()).clone(),
+            link_failures: self.link_failures.get_or_create(&p()).clone(),
+            evicted: self.evicted.get_or_create(&p()).clone(),
+            discarded: self.discarded.get_or_create(&p()).clone(),
+            gaps: self.gaps.get_or_create(&p()).clone(),
+            duplicates: self.duplicates.get_or_create(&p()).clone(),
+            skipped: self.skipped.get_or_create(&p()).clone(),
+        }
+    }
+
+    pub fn auth_failure(&self, reason: &str) -> Counter {
+        self.auth_failures
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .clone()
+    }
 }
 
 impl Metrics {
@@ -231,8 +423,11 @@ impl Metrics {
             &["2xx", "4xx", "5xx", "other"],
         );
 
+        let peers = PeerFamilies::default();
+        peers.register(&mut registry);
         Self {
             registry,
+            peers,
             connections,
             accepted,
             refused: refused.try_into().expect("three reasons"),

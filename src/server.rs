@@ -9,6 +9,8 @@ use std::thread::JoinHandle;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{mpsc, watch};
 
+use crate::backplane::link::{LinkSettings, Links};
+use crate::backplane::{Backplane, PeerSpec};
 use crate::config::{Config, ConfigError};
 use crate::fanout::{Router, Routes};
 use crate::ingest::Emitter;
@@ -31,6 +33,8 @@ pub enum StartError {
     Uring(std::io::Error),
     #[error(transparent)]
     Redis(#[from] crate::ingest::RedisError),
+    #[error("cannot start the backplane thread: {0}")]
+    Backplane(std::io::Error),
 }
 
 /// A running node. Dropping it shuts the node down.
@@ -44,6 +48,10 @@ pub struct Node {
     ingest: Option<JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
+    /// The links this node dials; always running, so peers can be added
+    /// at run time.
+    links: Option<Links>,
+    backplane: Arc<Backplane>,
 }
 
 impl Node {
@@ -67,12 +75,27 @@ impl Node {
                 addr: config.listen,
                 source,
             })?;
+        let peers = config.peer_specs()?;
+        let link_settings = LinkSettings::from_config(&config)?;
+        if !config.peer_tls_verify {
+            tracing::warn!(
+                "--peer-tls-verify false: wss:// peers' certificates are NOT checked \
+                 (AWX's default for self-signed nodes); the secret header still authenticates them"
+            );
+        }
         let metrics = Arc::new(Metrics::new(workers, io.name()));
         let routes = Arc::new(Routes::default());
+        let backplane = Arc::new(Backplane::new(
+            config.node_id.clone(),
+            config.backplane_secret.clone(),
+            metrics.clone(),
+            routes.clone(),
+        ));
         let (senders, inboxes): (Vec<_>, Vec<_>) = (0..workers)
             .map(|_| mpsc::channel(config.worker_inbox))
             .unzip();
-        let router = Arc::new(Router::new(routes.clone(), senders));
+        let router =
+            Arc::new(Router::new(routes.clone(), senders).with_peers(backplane.outbox.clone()));
         let emitter = Emitter::new(router.clone(), metrics.clone(), config.max_group_name);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (stop_ingest, stop_ingest_rx) = watch::channel(false);
@@ -100,13 +123,22 @@ impl Node {
             workers,
             redis_ack,
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            backplane: backplane.clone(),
         });
         for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
             let handle = spawn_worker(index, listener, inbox, ctx.clone(), shutdown_rx.clone())
                 .map_err(StartError::Thread)?;
             threads.push(handle);
         }
-        tracing::info!(%addr, workers, io = io.name(), "wsrelay listening");
+        let links = Links::spawn(
+            backplane.clone(),
+            ctx.router.clone(),
+            link_settings,
+            peers,
+            ctx.config.redis.first().cloned(),
+        )
+        .map_err(StartError::Backplane)?;
+        tracing::info!(%addr, workers, io = io.name(), node = ctx.config.node_id, "wsrelay listening");
         Ok(Node {
             addr,
             emitter,
@@ -115,7 +147,22 @@ impl Node {
             ingest,
             shutdown,
             threads,
+            links: Some(links),
+            backplane,
         })
+    }
+
+    /// Replaces the peer list (SIGHUP): new peers are dialled, removed
+    /// ones dropped, links to the rest and every client left alone.
+    pub fn set_peers(&self, peers: Vec<PeerSpec>) {
+        if let Some(links) = &self.links {
+            links.set_peers(peers);
+        }
+    }
+
+    /// This node's backplane state (for tests and the demo).
+    pub fn backplane(&self) -> &Arc<Backplane> {
+        &self.backplane
     }
 
     /// The bound address (useful with port 0).
@@ -140,6 +187,11 @@ impl Node {
     }
 
     fn stop(&mut self) {
+        // Links first: nothing new arrives from peers while the workers
+        // flush their clients.
+        if let Some(mut links) = self.links.take() {
+            links.stop();
+        }
         let _ = self.stop_ingest.send(true);
         if let Some(t) = self.ingest.take() {
             let _ = t.join();

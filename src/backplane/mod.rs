@@ -1,6 +1,298 @@
-//! Node-to-node links (the backplane). So far only the piece every link
-//! starts with: AWX's `secret` header, built and verified I/O-free. The
-//! links themselves, peer tables, batching and interest come with the
-//! backplane issue.
+//! Node-to-node links (the backplane).
+//!
+//! Every node dials every configured peer (`link`, on one backplane thread)
+//! and serves the links other nodes dial (`transport::peer`, on the
+//! workers). A native link carries events one way, dialer to dialed, in
+//! batched binary frames (`wire`); the dialed node answers with its
+//! interest and acknowledgements. AWX's two JSON forms (`awx`) are spoken
+//! to AWX nodes. This module holds what both sides share: the outbox of
+//! owed events, what each sending peer has delivered here (for resume and
+//! de-duplication), and who has acknowledged which interest epoch.
 
+pub mod awx;
+pub mod link;
+pub mod outbox;
+pub mod peer;
 pub mod secret;
+pub mod stats;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
+
+pub use outbox::{Interest, Outbox, Sink, SinkLimits};
+pub use peer::{PeerProtocol, PeerSpec};
+
+use crate::fanout::{RouteDelta, Routes, PEERS};
+use crate::metrics::Metrics;
+
+/// What one sending node has delivered here.
+#[derive(Debug, Clone, Copy)]
+struct FromPeer {
+    incarnation: u64,
+    last_seq: u64,
+    /// Bumped by each new link from the node; an older link still running
+    /// sees the change and stops, so two links never interleave.
+    generation: u64,
+}
+
+/// What to do with a received batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admit {
+    /// Leading events already delivered (a resend overlap): skip them.
+    pub skip: u64,
+    /// Events the sequence numbers show were never received.
+    pub gap: u64,
+}
+
+/// A newer link from the same node replaced this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("superseded by a newer link from the same node")]
+pub struct Superseded;
+
+/// The backplane state a node's workers and links share.
+pub struct Backplane {
+    pub node_id: String,
+    /// Random per process start: peers tell a restart from a reconnect.
+    pub incarnation: u64,
+    /// The shared secret; `None` refuses every peer (no open backplane).
+    pub secret: Option<String>,
+    pub outbox: Arc<Outbox>,
+    pub metrics: Arc<Metrics>,
+    pub stats: stats::RemoteStats,
+    from_peers: Mutex<HashMap<String, FromPeer>>,
+    /// Interest epoch each native inbound link has had acknowledged.
+    interest_acks: Mutex<HashMap<u64, u64>>,
+    next_link: AtomicU64,
+    /// Bumped on every acknowledgement, to wake subscribe waits.
+    acks_changed: watch::Sender<u64>,
+    routes: Arc<Routes>,
+    /// How many links carry each group; the union is published in the
+    /// routes under the peers' bit (the Redis ingest registers it).
+    wanted: Mutex<HashMap<Arc<str>, usize>>,
+}
+
+impl Backplane {
+    pub fn new(
+        node_id: String,
+        secret: Option<String>,
+        metrics: Arc<Metrics>,
+        routes: Arc<Routes>,
+    ) -> Self {
+        Self {
+            node_id,
+            incarnation: rand::random::<u64>() | 1,
+            secret,
+            outbox: Arc::new(Outbox::default()),
+            metrics,
+            stats: stats::RemoteStats::default(),
+            from_peers: Mutex::new(HashMap::new()),
+            interest_acks: Mutex::new(HashMap::new()),
+            next_link: AtomicU64::new(1),
+            acks_changed: watch::channel(0).0,
+            routes,
+            wanted: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Changes a link's interest, and the node's union of peer interest.
+    pub fn set_interest(&self, sink: &Sink, full: bool, added: &[&str], removed: &[&str]) {
+        let (plus, minus) = sink.set_interest(full, added, removed);
+        self.peers_want(plus, minus);
+    }
+
+    /// A link is gone for good: its sink leaves the outbox and its groups
+    /// the union.
+    pub fn drop_sink(&self, sink: &Arc<Sink>) {
+        self.outbox.remove(sink);
+        let (_, minus) = sink.set_interest(true, &[], &[]);
+        self.peers_want(Vec::new(), minus);
+    }
+
+    fn peers_want(&self, plus: Vec<Arc<str>>, minus: Vec<Arc<str>>) {
+        if plus.is_empty() && minus.is_empty() {
+            return;
+        }
+        let mut delta = RouteDelta::default();
+        {
+            let mut wanted = self.wanted.lock().unwrap_or_else(|e| e.into_inner());
+            for g in plus {
+                let n = wanted.entry(g.clone()).or_insert(0);
+                *n += 1;
+                if *n == 1 {
+                    delta.held.push(g);
+                }
+            }
+            for g in minus {
+                if let Some(n) = wanted.get_mut(&g) {
+                    *n -= 1;
+                    if *n == 0 {
+                        wanted.remove(&g);
+                        delta.freed.push(g);
+                    }
+                }
+            }
+        }
+        self.routes.apply(PEERS, &delta);
+    }
+
+    fn senders(&self) -> MutexGuard<'_, HashMap<String, FromPeer>> {
+        self.from_peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A sending node said hello. Returns this link's generation and where
+    /// it should resume (`None`: start fresh, we never heard of that run).
+    pub fn hello(&self, node: &str, incarnation: u64) -> (u64, Option<u64>) {
+        let mut peers = self.senders();
+        let entry = peers.entry(node.to_owned()).or_insert(FromPeer {
+            incarnation,
+            last_seq: 0,
+            generation: 0,
+        });
+        entry.generation += 1;
+        let resume = if entry.incarnation == incarnation && entry.last_seq > 0 {
+            Some(entry.last_seq)
+        } else {
+            entry.incarnation = incarnation;
+            entry.last_seq = 0;
+            None
+        };
+        (entry.generation, resume)
+    }
+
+    /// Records a batch `first_seq ..` of `count` events from `node` and says
+    /// how many leading events were already delivered, and how many are
+    /// missing before it. A fresh run's first batch sets the baseline.
+    pub fn admit(
+        &self,
+        node: &str,
+        generation: u64,
+        first_seq: u64,
+        count: u64,
+    ) -> Result<Admit, Superseded> {
+        let mut peers = self.senders();
+        let p = peers.get_mut(node).ok_or(Superseded)?;
+        if p.generation != generation {
+            return Err(Superseded);
+        }
+        let last = first_seq + count.saturating_sub(1);
+        let admit = if p.last_seq == 0 {
+            Admit { skip: 0, gap: 0 }
+        } else {
+            Admit {
+                skip: (p.last_seq + 1).saturating_sub(first_seq).min(count),
+                gap: first_seq.saturating_sub(p.last_seq + 1),
+            }
+        };
+        if count > 0 {
+            p.last_seq = p.last_seq.max(last);
+        }
+        Ok(admit)
+    }
+
+    /// A number for a new inbound link, for interest bookkeeping.
+    pub fn link_id(&self) -> u64 {
+        self.next_link.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A native inbound link acknowledged interest up to `epoch`; `None`
+    /// means it ended and no longer counts.
+    pub fn interest_acked(&self, link: u64, epoch: Option<u64>) {
+        {
+            let mut acks = self.interest_acks.lock().unwrap_or_else(|e| e.into_inner());
+            match epoch {
+                Some(e) => {
+                    let v = acks.entry(link).or_insert(0);
+                    *v = (*v).max(e);
+                }
+                None => {
+                    acks.remove(&link);
+                }
+            }
+        }
+        self.acks_changed.send_modify(|n| *n += 1);
+    }
+
+    /// Registers a link that has not acknowledged anything yet, so that
+    /// subscribe replies wait for it too.
+    pub fn interest_pending(&self, link: u64) {
+        self.interest_acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(link, 0);
+    }
+
+    /// Waits until every connected native peer has applied interest up to
+    /// `epoch`, so a subscribe reply means events emitted on those peers
+    /// afterwards arrive. Bounded by the caller.
+    pub async fn interest_applied(&self, epoch: u64) {
+        let mut rx = self.acks_changed.subscribe();
+        loop {
+            let done = self
+                .interest_acks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .all(|&e| e >= epoch);
+            if done || rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bp() -> Backplane {
+        Backplane::new(
+            "me".into(),
+            Some("s".into()),
+            Arc::new(Metrics::new(1, "epoll")),
+            Arc::new(Routes::default()),
+        )
+    }
+
+    #[test]
+    fn resume_and_dedup_follow_the_senders_run() {
+        let b = bp();
+        let (g1, resume) = b.hello("a", 7);
+        assert_eq!(resume, None);
+        assert_eq!(b.admit("a", g1, 1, 10), Ok(Admit { skip: 0, gap: 0 }));
+        // Reconnect of the same run: resume after 10; an overlap is skipped.
+        let (g2, resume) = b.hello("a", 7);
+        assert_eq!(resume, Some(10));
+        assert_eq!(b.admit("a", g1, 11, 1), Err(Superseded));
+        assert_eq!(b.admit("a", g2, 9, 4), Ok(Admit { skip: 2, gap: 0 }));
+        assert_eq!(b.admit("a", g2, 15, 1), Ok(Admit { skip: 0, gap: 2 }));
+        // The sender restarted: a new run starts fresh.
+        let (g3, resume) = b.hello("a", 8);
+        assert_eq!(resume, None);
+        assert_eq!(b.admit("a", g3, 500, 2), Ok(Admit { skip: 0, gap: 0 }));
+    }
+
+    #[tokio::test]
+    async fn subscribe_waits_for_every_connected_link() {
+        let b = Arc::new(bp());
+        b.interest_pending(1);
+        b.interest_acked(2, Some(3));
+        let waiter = tokio::spawn({
+            let b = b.clone();
+            async move { b.interest_applied(3).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        b.interest_acked(1, Some(4));
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        b.interest_acked(1, None);
+        b.interest_acked(2, None);
+        b.interest_applied(99).await;
+    }
+}

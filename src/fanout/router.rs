@@ -6,7 +6,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::routes::Routes;
+use super::routes::{RouteTable, Routes};
+use crate::backplane::Outbox;
 use crate::protocol::frame;
 
 /// One event as a worker receives it: the group and the complete server
@@ -36,11 +37,23 @@ pub struct Routed {
 pub struct Router {
     routes: Arc<Routes>,
     workers: Vec<mpsc::Sender<Vec<Event>>>,
+    /// Where locally produced events also go: the backplane's links.
+    peers: Option<Arc<Outbox>>,
 }
 
 impl Router {
     pub fn new(routes: Arc<Routes>, workers: Vec<mpsc::Sender<Vec<Event>>>) -> Self {
-        Self { routes, workers }
+        Self {
+            routes,
+            workers,
+            peers: None,
+        }
+    }
+
+    /// A router whose local events are also offered to the backplane.
+    pub fn with_peers(mut self, outbox: Arc<Outbox>) -> Self {
+        self.peers = Some(outbox);
+        self
     }
 
     /// Whether worker `index`'s inbox is empty (nothing routed to it waits).
@@ -50,10 +63,36 @@ impl Router {
             .is_none_or(|tx| tx.capacity() == tx.max_capacity())
     }
 
-    /// Routes a batch of `(group, payload)` events in order. Waits when a
-    /// worker's inbox is full: producers feel back-pressure instead of the
-    /// relay buffering without bound.
+    /// Routes a batch of locally produced `(group, payload)` events in
+    /// order, to this node's workers and to every peer that wants them.
+    /// Waits when a worker's inbox is full: producers feel back-pressure
+    /// instead of the relay buffering without bound. Peers never make it
+    /// wait: their links buffer (bounded, counted).
     pub async fn route<'a>(
+        &self,
+        events: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<Routed, RouteError> {
+        match &self.peers {
+            Some(outbox) if outbox.has_sinks() => {
+                let events: Vec<(&str, &[u8])> = events.into_iter().collect();
+                outbox.offer(&events);
+                self.route_here(events).await
+            }
+            _ => self.route_here(events).await,
+        }
+    }
+
+    /// Routes events that came from a peer: to this node's workers only,
+    /// never to another peer, so an event crosses the backplane once and
+    /// no loop can form.
+    pub async fn route_from_peer<'a>(
+        &self,
+        events: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<Routed, RouteError> {
+        self.route_here(events).await
+    }
+
+    async fn route_here<'a>(
         &self,
         events: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     ) -> Result<Routed, RouteError> {
@@ -63,10 +102,15 @@ impl Router {
             let table = self.routes.load();
             for (group, payload) in events {
                 routed.accepted += 1;
-                let Some((group, &mask)) = table.groups.get_key_value(group) else {
+                let Some((group, &mask)) = table
+                    .groups
+                    .get_key_value(group)
+                    .filter(|(_, m)| RouteTable::local_mask(**m) != 0)
+                else {
                     routed.unrouted += 1;
                     continue;
                 };
+                let mask = RouteTable::local_mask(mask);
                 let frame = frame::text_frame(payload);
                 let mut mask = mask;
                 while mask != 0 {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, Guard};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use super::hub::RouteDelta;
 
@@ -20,8 +20,31 @@ pub struct RouteTable {
     pub epoch: u64,
 }
 
-/// The most workers a node can have: one bit each in a `u64`.
-pub const MAX_WORKERS: usize = 64;
+/// The bit that stands for "a peer node wants this group": set while any
+/// backplane link carries the group, so that the Redis ingest registers
+/// it even when no local client holds it. Never a worker.
+pub const PEERS: usize = 63;
+const LOCAL: u64 = !(1u64 << PEERS);
+
+/// The most workers a node can have: one bit each in a `u64`, but the
+/// peers' bit.
+pub const MAX_WORKERS: usize = 63;
+
+impl RouteTable {
+    /// Groups some local client holds (what this node tells its peers it
+    /// wants; groups only peers want are not passed on).
+    pub fn local_groups(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.groups
+            .iter()
+            .filter(|(_, m)| **m & LOCAL != 0)
+            .map(|(g, _)| g)
+    }
+
+    /// The workers holding `group` (the peers' bit removed).
+    pub fn local_mask(mask: u64) -> u64 {
+        mask & LOCAL
+    }
+}
 
 pub struct Routes {
     table: ArcSwap<RouteTable>,
@@ -29,6 +52,8 @@ pub struct Routes {
     write: Mutex<()>,
     /// Signalled after each change (a stored permit: none is missed).
     changed: Notify,
+    /// The latest epoch, for any number of followers (peer links).
+    epoch: watch::Sender<u64>,
 }
 
 impl Default for Routes {
@@ -37,6 +62,7 @@ impl Default for Routes {
             table: ArcSwap::from_pointee(RouteTable::default()),
             write: Mutex::new(()),
             changed: Notify::new(),
+            epoch: watch::channel(0).0,
         }
     }
 }
@@ -55,6 +81,12 @@ impl Routes {
     /// Waits for the next change after the last wait.
     pub async fn changed(&self) {
         self.changed.notified().await;
+    }
+
+    /// Follows the epoch: `changed()` wakes after every change (several
+    /// changes may be seen as one; the table then holds all of them).
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.epoch.subscribe()
     }
 
     /// Publishes `worker`'s changes and returns the new epoch (`None` when
@@ -84,6 +116,7 @@ impl Routes {
         let epoch = table.epoch;
         self.table.store(Arc::new(table));
         self.changed.notify_one();
+        self.epoch.send_replace(epoch);
         Some(epoch)
     }
 }

@@ -55,9 +55,14 @@ async fn serve_requests<S: Stream>(worker: Rc<Worker>, stream: &S) {
                 websocket::run(worker, stream, head, buf).await;
                 return;
             }
-            (_, "/websocket/" | "/api/websocket/") => {
-                http::error_response(426, "this endpoint expects a websocket upgrade", false)
+            (_, "/websocket/broadcast/" | "/websocket/relay/") if head.is_upgrade() => {
+                super::peer::run(worker, stream, head, buf).await;
+                return;
             }
+            (
+                _,
+                "/websocket/" | "/api/websocket/" | "/websocket/broadcast/" | "/websocket/relay/",
+            ) => http::error_response(426, "this endpoint expects a websocket upgrade", false),
             (_, "/api/v1/emit") => match emit_request(&ctx, &head, stream, &mut buf).await {
                 Ok(reply) => reply,
                 Err(Some(reply)) => return answer_and_close(stream, reply).await,

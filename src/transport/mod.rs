@@ -7,6 +7,7 @@
 //! `websocket`) is the same code for both.
 
 mod conn;
+mod peer;
 mod stream;
 mod websocket;
 mod worker;
@@ -86,4 +87,6 @@ pub(crate) struct NodeContext {
     /// Set once shutdown starts: closing sessions then get the whole grace
     /// period to flush their queues, not just `close_timeout`.
     pub shutting_down: std::sync::atomic::AtomicBool,
+    /// Backplane state shared with the peer links.
+    pub backplane: Arc<crate::backplane::Backplane>,
 }

@@ -325,12 +325,20 @@ impl Session<'_> {
         // memberships there (AWX awaits its group_add the same way); the
         // wait is bounded, and the ingest acknowledges at once while Redis
         // is down.
+        // The same holds for peers: each connected wsrelay peer applies the
+        // new interest before the reply goes out.
         if let Some(epoch) = self.worker.publish(&delta) {
-            if let Some(ack) = &self.worker.ctx.redis_ack {
-                let mut ack = ack.clone();
-                let wait = self.worker.ctx.config.subscribe_ack_timeout;
-                let _ = timeout(wait, ack.wait_for(|e| *e >= epoch)).await;
-            }
+            let ctx = &self.worker.ctx;
+            let redis = async {
+                if let Some(ack) = &ctx.redis_ack {
+                    let _ = ack.clone().wait_for(|e| *e >= epoch).await;
+                }
+            };
+            let peers = ctx.backplane.interest_applied(epoch);
+            let _ = timeout(ctx.config.subscribe_ack_timeout, async {
+                tokio::join!(redis, peers)
+            })
+            .await;
         }
         self.control(frame::text_frame(reply.as_bytes()));
     }

@@ -191,3 +191,23 @@ fn masking_handles_unaligned_tails() {
         }
     }
 }
+
+#[test]
+fn frame_in_place_matches_a_copied_client_frame() {
+    for len in [0usize, 5, 125, 126, 65_535, 65_536, 100_000] {
+        let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut buf = BytesMut::new();
+        buf.resize(client::MAX_HEADER, 0);
+        buf.extend_from_slice(&payload);
+        let key = [1, 2, 3, 4];
+        let in_place = client::frame_in_place(buf, opcode::BINARY, key);
+        let copied = client::frame(opcode::BINARY, true, &payload, key);
+        assert_eq!(in_place, copied, "len {len}");
+        let mut d = Decoder::new(Role::Server, 1 << 20);
+        let mut wire = BytesMut::from(&in_place[..]);
+        assert_eq!(
+            d.decode(&mut wire).unwrap(),
+            Some(Message::Binary(BytesMut::from(&payload[..])))
+        );
+    }
+}

@@ -1,0 +1,953 @@
+//! The links this node dials: one task per configured peer on the
+//! backplane thread (a current-thread tokio runtime; a handful of links
+//! need no io_uring). Each task dials, authenticates with AWX's `secret`
+//! header, speaks the peer's protocol, and on any failure waits with
+//! exponential backoff and jitter and dials again, forever, until the peer
+//! is removed or the node stops.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{timeout, Instant};
+
+use super::awx::{self, Era};
+use super::outbox::{Interest, Pending, Sink, SinkLimits};
+use super::peer::{PeerProtocol, PeerSpec};
+use super::wire::{self, EventsWriter, PeerMessage};
+use super::{secret, Backplane};
+use crate::config::{Config, ConfigError};
+use crate::fanout::Router;
+use crate::metrics::LinkMetrics;
+use crate::protocol::frame::{self, client::MAX_HEADER, opcode, Decoder, Message, Role};
+use crate::protocol::http;
+
+/// Why a link attempt or a running link ended. Logged; the link retries.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("connect: {0}")]
+    Connect(io::Error),
+    #[error("timed out connecting, TLS or upgrading")]
+    ConnectTimeout,
+    #[error("tls: {0}")]
+    Tls(io::Error),
+    #[error("upgrade refused: {0}")]
+    Refused(String),
+    #[error(
+        "the peer does not speak {} (is it an AWX node? configure it as awx-2020+ or awx-2022+)",
+        wire::SUBPROTOCOL
+    )]
+    NotNative,
+    #[error("io: {0}")]
+    Io(#[from] io::Error),
+    #[error("bad frame: {0}")]
+    Frame(#[from] frame::FrameError),
+    #[error("bad peer message: {0}")]
+    Wire(#[from] wire::WireError),
+    #[error("protocol: {0}")]
+    Protocol(&'static str),
+    #[error("closed by the peer ({0}: {1})")]
+    Closed(u16, String),
+    #[error("no traffic for {0:?}: link presumed dead")]
+    Dead(Duration),
+    #[error("the node is stopping")]
+    Stopping,
+}
+
+/// What every link task needs, cloned from the config once.
+#[derive(Clone)]
+pub struct LinkSettings {
+    pub connect_timeout: Duration,
+    pub backoff_max: Duration,
+    pub ping_interval: Duration,
+    pub batch_events: usize,
+    pub batch_bytes: usize,
+    pub flush_delay: Duration,
+    pub limits: SinkLimits,
+    pub max_message: usize,
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+impl LinkSettings {
+    pub fn from_config(c: &Config) -> Result<Self, ConfigError> {
+        Ok(Self {
+            connect_timeout: c.peer_connect_timeout,
+            backoff_max: c.peer_backoff_max,
+            ping_interval: c.peer_ping_interval,
+            batch_events: c.peer_batch_events,
+            batch_bytes: c.peer_batch_bytes,
+            flush_delay: c.peer_flush_delay,
+            limits: SinkLimits {
+                max_events: c.peer_buffer_events,
+                max_bytes: c.peer_buffer_bytes,
+            },
+            max_message: (c.peer_batch_bytes * 2).max(64 << 20),
+            tls: Arc::new(tls_config(c)?),
+        })
+    }
+}
+
+/// The running link set. Dropping it stops every link.
+pub struct Links {
+    peers: watch::Sender<Vec<PeerSpec>>,
+    stop: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Links {
+    /// Starts the backplane thread with `peers`, and the AWX stats writer
+    /// when `redis` is set.
+    pub fn spawn(
+        bp: Arc<Backplane>,
+        router: Arc<Router>,
+        settings: LinkSettings,
+        peers: Vec<PeerSpec>,
+        redis: Option<String>,
+    ) -> io::Result<Links> {
+        let (peers_tx, peers_rx) = watch::channel(peers);
+        let (stop, stop_rx) = watch::channel(false);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let thread = std::thread::Builder::new()
+            .name("wsrelay-backplane".into())
+            .spawn(move || {
+                // Links share non-Send state between a link's reader and
+                // writer; one thread runs them all.
+                tokio::task::LocalSet::new().block_on(&rt, async move {
+                    let ctx = Arc::new(LinkCtx {
+                        bp,
+                        router,
+                        settings,
+                    });
+                    if let Some(url) = redis {
+                        tokio::task::spawn_local(write_awx_stats(
+                            ctx.bp.clone(),
+                            url,
+                            stop_rx.clone(),
+                        ));
+                    }
+                    manage(ctx, peers_rx, stop_rx).await;
+                });
+            })?;
+        Ok(Links {
+            peers: peers_tx,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Replaces the peer list: new peers are dialled, removed ones dropped;
+    /// links to peers in both lists are not touched.
+    pub fn set_peers(&self, peers: Vec<PeerSpec>) {
+        self.peers.send_replace(peers);
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Links {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct LinkCtx {
+    bp: Arc<Backplane>,
+    router: Arc<Router>,
+    settings: LinkSettings,
+}
+
+/// Keeps one task per configured peer, following the list.
+async fn manage(
+    ctx: Arc<LinkCtx>,
+    mut peers: watch::Receiver<Vec<PeerSpec>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut running: HashMap<PeerSpec, (watch::Sender<bool>, tokio::task::JoinHandle<()>)> =
+        HashMap::new();
+    loop {
+        let want: Vec<PeerSpec> = peers.borrow_and_update().clone();
+        running.retain(|spec, (cancel, _)| {
+            let keep = want.contains(spec);
+            if !keep {
+                tracing::info!(peer = %spec, "peer removed; dropping its link");
+                let _ = cancel.send(true);
+            }
+            keep
+        });
+        for spec in want {
+            if let std::collections::hash_map::Entry::Vacant(slot) = running.entry(spec) {
+                let spec = slot.key().clone();
+                tracing::info!(peer = %spec, "dialing peer");
+                let (cancel, cancel_rx) = watch::channel(false);
+                let task = tokio::task::spawn_local(run_link(ctx.clone(), spec, cancel_rx));
+                slot.insert((cancel, task));
+            }
+        }
+        tokio::select! {
+            r = peers.changed() => if r.is_err() { break },
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    for (_, (cancel, task)) in running {
+        let _ = cancel.send(true);
+        let _ = task.await;
+    }
+}
+
+/// Delay before dial attempt `n` (0 is the first retry): doubling from
+/// 1 s up to `max`, each drawn uniformly from its upper half so a cluster
+/// that lost a node does not redial in lockstep.
+pub fn backoff(n: u32, max: Duration) -> Duration {
+    let ceiling = Duration::from_secs(1)
+        .saturating_mul(1u32 << n.min(16))
+        .min(max.max(Duration::from_millis(1)));
+    ceiling.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+}
+
+async fn run_link(ctx: Arc<LinkCtx>, spec: PeerSpec, mut cancel: watch::Receiver<bool>) {
+    let label = spec.label();
+    let m = ctx.bp.metrics.peers.link(&label, "out");
+    // The sink exists for the link's whole life, across reconnects: events
+    // for the peer's last known interest wait in it while the link is down.
+    let sink = match spec.protocol {
+        PeerProtocol::Native | PeerProtocol::Awx(Era::Y2022) => {
+            let sink = Arc::new(Sink::new(
+                label.clone(),
+                Interest::Groups(Default::default()),
+                ctx.settings.limits,
+            ));
+            ctx.bp.outbox.add(sink.clone());
+            Some(sink)
+        }
+        PeerProtocol::Awx(Era::Y2020) => None,
+    };
+    let mut attempt = 0u32;
+    let mut was_up = false;
+    loop {
+        let session = async {
+            let conn = timeout(ctx.settings.connect_timeout, dial(&ctx, &spec))
+                .await
+                .map_err(|_| LinkError::ConnectTimeout)??;
+            if was_up {
+                m.reconnects.inc();
+            }
+            was_up = true;
+            attempt = 0;
+            m.up.set(1);
+            m.connected_since.set(unix_now() as i64);
+            tracing::info!(peer = %spec, "link up");
+            let r = match (spec.protocol, &sink) {
+                (PeerProtocol::Native, Some(sink)) => native(&ctx, conn, sink, &m).await,
+                (PeerProtocol::Awx(Era::Y2022), Some(sink)) => {
+                    awx_relay(&ctx, conn, sink, &m).await
+                }
+                _ => awx_broadcast(&ctx, conn, &spec, &m).await,
+            };
+            m.up.set(0);
+            r
+        };
+        let result = tokio::select! {
+            r = session => r,
+            _ = cancel.wait_for(|c| *c) => Err(LinkError::Stopping),
+        };
+        m.up.set(0);
+        if spec.protocol == PeerProtocol::Awx(Era::Y2020) {
+            ctx.bp.stats.disconnected(&spec.host);
+        }
+        match result {
+            Err(LinkError::Stopping) => break,
+            Err(e) => {
+                m.link_failures.inc();
+                if attempt == 0 {
+                    tracing::warn!(peer = %spec, error = %e, "link down; redialing");
+                } else {
+                    tracing::debug!(peer = %spec, error = %e, attempt, "dial failed");
+                }
+            }
+            Ok(()) => {}
+        }
+        let wait = backoff(attempt, ctx.settings.backoff_max);
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = cancel.wait_for(|c| *c) => break,
+        }
+    }
+    if let Some(sink) = &sink {
+        ctx.bp.drop_sink(sink);
+        m.resend_depth.set(0);
+    }
+}
+
+// === dialing ===
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// An upgraded link: the halves, what was read past the response head,
+/// and a masking-key source.
+struct Conn {
+    rd: ReadHalf<Box<dyn Io>>,
+    wr: WriteHalf<Box<dyn Io>>,
+    buf: BytesMut,
+    decoder: Decoder,
+    mask_seed: u32,
+}
+
+async fn dial(ctx: &LinkCtx, spec: &PeerSpec) -> Result<Conn, LinkError> {
+    let tcp = TcpStream::connect((spec.host.as_str(), spec.port))
+        .await
+        .map_err(LinkError::Connect)?;
+    tcp.set_nodelay(true).map_err(LinkError::Connect)?;
+    let mut io: Box<dyn Io> = if spec.tls {
+        let name = rustls_pki_types::ServerName::try_from(spec.host.clone())
+            .map_err(|e| LinkError::Tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        let tls = tokio_rustls::TlsConnector::from(ctx.settings.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(LinkError::Tls)?;
+        Box::new(tls)
+    } else {
+        Box::new(tcp)
+    };
+    let key = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        rand::random::<[u8; 16]>(),
+    );
+    let secret = ctx.bp.secret.as_deref().unwrap_or_default();
+    let header = secret::header_value(secret, unix_now());
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\nsecret: {header}\r\n\
+         User-Agent: wsrelay/{version} ({node})\r\n",
+        path = spec.path(),
+        host = spec.label(),
+        version = env!("CARGO_PKG_VERSION"),
+        node = ctx.bp.node_id,
+    );
+    if spec.protocol == PeerProtocol::Native {
+        req.push_str(&format!(
+            "Sec-WebSocket-Protocol: {}\r\n",
+            wire::SUBPROTOCOL
+        ));
+    }
+    req.push_str("\r\n");
+    io.write_all(req.as_bytes()).await?;
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > 16 * 1024 {
+            return Err(LinkError::Refused("response head too large".into()));
+        }
+        if io.read_buf(&mut buf).await? == 0 {
+            return Err(LinkError::Refused(
+                "connection closed during upgrade".into(),
+            ));
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let status = head.lines().next().unwrap_or("").to_owned();
+    if !status.starts_with("HTTP/1.1 101") {
+        // The body of a refusal says why (our 403s carry the reason).
+        let mut body = buf.split_off(end);
+        let _ = timeout(Duration::from_millis(200), io.read_buf(&mut body)).await;
+        let body = String::from_utf8_lossy(&body);
+        return Err(LinkError::Refused(format!("{status} {}", body.trim())));
+    }
+    let header_of = |name: &str| {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    };
+    if header_of("sec-websocket-accept").as_deref() != Some(http::accept_key(&key).as_str()) {
+        return Err(LinkError::Refused("bad Sec-WebSocket-Accept".into()));
+    }
+    if spec.protocol == PeerProtocol::Native
+        && header_of("sec-websocket-protocol").as_deref() != Some(wire::SUBPROTOCOL)
+    {
+        return Err(LinkError::NotNative);
+    }
+    let _ = buf.split_to(end);
+    let (rd, wr) = tokio::io::split(io);
+    Ok(Conn {
+        rd,
+        wr,
+        buf,
+        decoder: Decoder::new(Role::Client, ctx.settings.max_message),
+        mask_seed: rand::random::<u32>() | 1,
+    })
+}
+
+/// Reads the next message, answering nothing itself.
+async fn next_message(
+    rd: &mut ReadHalf<Box<dyn Io>>,
+    buf: &mut BytesMut,
+    decoder: &mut Decoder,
+) -> Result<Message, LinkError> {
+    loop {
+        if let Some(m) = decoder.decode(buf)? {
+            return Ok(m);
+        }
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(64 * 1024);
+        }
+        if rd.read_buf(buf).await? == 0 {
+            return Err(LinkError::Closed(1006, "connection lost".into()));
+        }
+    }
+}
+
+/// Control frames the reader wants written, taken by the writer.
+#[derive(Default)]
+struct Outgoing {
+    pong: Option<Bytes>,
+    ping: bool,
+    interest_ack: Option<u64>,
+    texts: Vec<String>,
+}
+
+type Shared = std::cell::RefCell<Outgoing>;
+
+/// Reads frames until the link fails, handing data messages to `on_data`.
+/// Pings are answered via the writer; silence past three ping intervals
+/// ends the link.
+async fn read_loop<F, Fut>(
+    rd: &mut ReadHalf<Box<dyn Io>>,
+    buf: &mut BytesMut,
+    decoder: &mut Decoder,
+    out: &Shared,
+    wake: &dyn Fn(),
+    ping_interval: Duration,
+    mut on_data: F,
+) -> Result<(), LinkError>
+where
+    F: FnMut(Message) -> Fut,
+    Fut: Future<Output = Result<(), LinkError>>,
+{
+    let dead_after = ping_interval * 3;
+    let mut ping_at = Instant::now() + ping_interval;
+    loop {
+        let msg = match timeout(
+            ping_at.saturating_duration_since(Instant::now()),
+            next_message(rd, buf, decoder),
+        )
+        .await
+        {
+            Ok(m) => m?,
+            Err(_) => {
+                // Quiet for a ping interval: ping, and give up after three.
+                out.borrow_mut().ping = true;
+                wake();
+                match timeout(dead_after, next_message(rd, buf, decoder)).await {
+                    Ok(m) => m?,
+                    Err(_) => return Err(LinkError::Dead(dead_after)),
+                }
+            }
+        };
+        ping_at = Instant::now() + ping_interval;
+        match msg {
+            Message::Ping(p) => {
+                out.borrow_mut().pong = Some(p);
+                wake();
+            }
+            Message::Pong(_) => {}
+            Message::Close(code, reason) => return Err(LinkError::Closed(code, reason)),
+            m => on_data(m).await?,
+        }
+    }
+}
+
+/// Writes the control frames waiting in `out`.
+async fn write_control(
+    wr: &mut WriteHalf<Box<dyn Io>>,
+    out: &Shared,
+    key: &mut dyn FnMut() -> [u8; 4],
+) -> Result<(), LinkError> {
+    let (pong, ping, ack, texts) = {
+        let mut o = out.borrow_mut();
+        (
+            o.pong.take(),
+            std::mem::take(&mut o.ping),
+            o.interest_ack.take(),
+            std::mem::take(&mut o.texts),
+        )
+    };
+    if let Some(p) = pong {
+        wr.write_all(&frame::client::pong_frame(&p, key())).await?;
+    }
+    if ping {
+        wr.write_all(&frame::client::frame(opcode::PING, true, b"", key()))
+            .await?;
+    }
+    if let Some(epoch) = ack {
+        let m = wire::interest_ack(epoch);
+        wr.write_all(&frame::client::frame(opcode::BINARY, true, &m, key()))
+            .await?;
+    }
+    for t in texts {
+        wr.write_all(&frame::client::text_frame(t.as_bytes(), key()))
+            .await?;
+    }
+    Ok(())
+}
+
+// === native ===
+
+async fn native(
+    ctx: &LinkCtx,
+    conn: Conn,
+    sink: &Arc<Sink>,
+    m: &LinkMetrics,
+) -> Result<(), LinkError> {
+    let Conn {
+        mut rd,
+        mut wr,
+        mut buf,
+        mut decoder,
+        mut mask_seed,
+    } = conn;
+    let mut key = move || {
+        mask_seed ^= mask_seed << 13;
+        mask_seed ^= mask_seed >> 17;
+        mask_seed ^= mask_seed << 5;
+        mask_seed.to_ne_bytes()
+    };
+    let hello = wire::hello(&ctx.bp.node_id, ctx.bp.incarnation);
+    wr.write_all(&frame::client::frame(opcode::BINARY, true, &hello, key()))
+        .await?;
+    let welcome = timeout(
+        ctx.settings.connect_timeout,
+        next_message(&mut rd, &mut buf, &mut decoder),
+    )
+    .await
+    .map_err(|_| LinkError::Protocol("no welcome"))??;
+    let Message::Binary(welcome) = welcome else {
+        return Err(LinkError::Protocol("expected a welcome"));
+    };
+    let PeerMessage::Welcome { node, resume, .. } = wire::decode(&welcome)? else {
+        return Err(LinkError::Protocol("expected a welcome"));
+    };
+    tracing::debug!(peer = sink.label, node, ?resume, "welcome");
+    sink.connected(resume);
+    count_sink(sink, m);
+
+    let out = Shared::default();
+    let wake = || sink.wake();
+    let reader = read_loop(
+        &mut rd,
+        &mut buf,
+        &mut decoder,
+        &out,
+        &wake,
+        ctx.settings.ping_interval,
+        |msg| {
+            let r = match msg {
+                Message::Binary(b) => match wire::decode(&b) {
+                    Ok(PeerMessage::Interest {
+                        epoch,
+                        full,
+                        added,
+                        removed,
+                    }) => {
+                        ctx.bp.set_interest(sink, full, &added, &removed);
+                        out.borrow_mut().interest_ack = Some(epoch);
+                        sink.wake();
+                        Ok(())
+                    }
+                    Ok(PeerMessage::Ack { seq }) => {
+                        sink.ack(seq);
+                        m.resend_depth.set(sink.depth() as i64);
+                        Ok(())
+                    }
+                    Ok(_) => Err(LinkError::Protocol("unexpected message from receiver")),
+                    Err(e) => Err(e.into()),
+                },
+                _ => Err(LinkError::Protocol("text frame on a native link")),
+            };
+            std::future::ready(r)
+        },
+    );
+    let writer = async {
+        let mut batch: Vec<Pending> = Vec::new();
+        let mut scratch = BytesMut::new();
+        loop {
+            if !sink.has_unsent() {
+                sink.ready().await;
+            }
+            write_control(&mut wr, &out, &mut key).await?;
+            if !sink.has_unsent() {
+                continue;
+            }
+            // Let a batch fill for a moment unless it is already full.
+            if !ctx.settings.flush_delay.is_zero() {
+                tokio::time::sleep(ctx.settings.flush_delay).await;
+            }
+            while sink.has_unsent() {
+                batch.clear();
+                sink.take(
+                    &mut batch,
+                    ctx.settings.batch_events,
+                    ctx.settings.batch_bytes,
+                );
+                let Some(first) = batch.first() else { break };
+                let mut w =
+                    EventsWriter::start(std::mem::take(&mut scratch), MAX_HEADER, first.seq);
+                for p in &batch {
+                    w.push(&p.group, &p.payload);
+                }
+                let n = w.count() as u64;
+                let (body, _) = w.finish();
+                let framed = frame::client::frame_in_place(body, opcode::BINARY, key());
+                wr.write_all(&framed).await?;
+                m.events_sent.inc_by(n);
+                m.bytes_sent.inc_by(framed.len() as u64);
+                m.batch_events.observe(n as f64);
+                count_sink(sink, m);
+                // Reuse the allocation when the frame is ours alone again.
+                if let Ok(b) = framed.try_into_mut() {
+                    scratch = b;
+                }
+            }
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), LinkError>(())
+    };
+    tokio::select! {
+        r = reader => r,
+        r = writer => r,
+    }
+}
+
+fn count_sink(sink: &Sink, m: &LinkMetrics) {
+    let c = sink.take_counts();
+    m.evicted.inc_by(c.evicted);
+    m.discarded.inc_by(c.discarded);
+    m.resend_depth.set(sink.depth() as i64);
+}
+
+// === AWX 2022: we push what the dialed node subscribed to ===
+
+async fn awx_relay(
+    ctx: &LinkCtx,
+    conn: Conn,
+    sink: &Arc<Sink>,
+    m: &LinkMetrics,
+) -> Result<(), LinkError> {
+    let Conn {
+        mut rd,
+        mut wr,
+        mut buf,
+        mut decoder,
+        mut mask_seed,
+    } = conn;
+    let mut key = move || {
+        mask_seed ^= mask_seed << 13;
+        mask_seed ^= mask_seed >> 17;
+        mask_seed ^= mask_seed << 5;
+        mask_seed.to_ne_bytes()
+    };
+    // AWX loses what was sent while its link was down, and its relay sends
+    // the whole subscription again on connect: start from an empty set.
+    ctx.bp.set_interest(sink, true, &[], &[]);
+    sink.connected(None);
+    count_sink(sink, m);
+    let out = Shared::default();
+    let wake = || sink.wake();
+    let reader = read_loop(
+        &mut rd,
+        &mut buf,
+        &mut decoder,
+        &out,
+        &wake,
+        ctx.settings.ping_interval,
+        |msg| {
+            if let Message::Text(t) = msg {
+                match awx::decode_consumer(&t) {
+                    Ok(Some(change)) => {
+                        let groups: Vec<&str> = change.groups.iter().map(String::as_str).collect();
+                        if change.subscribe {
+                            ctx.bp.set_interest(sink, false, &groups, &[]);
+                        } else {
+                            ctx.bp.set_interest(sink, false, &[], &groups);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        m.skipped.inc();
+                        tracing::debug!(peer = sink.label, error = %e, "unreadable AWX message");
+                    }
+                }
+            }
+            std::future::ready(Ok(()))
+        },
+    );
+    let writer = async {
+        let mut batch: Vec<Pending> = Vec::new();
+        loop {
+            if !sink.has_unsent() {
+                sink.ready().await;
+            }
+            write_control(&mut wr, &out, &mut key).await?;
+            while sink.has_unsent() {
+                batch.clear();
+                sink.take(
+                    &mut batch,
+                    ctx.settings.batch_events,
+                    ctx.settings.batch_bytes,
+                );
+                let mut bytes = 0;
+                for p in &batch {
+                    let text = awx::relay_envelope(&p.group, &p.payload);
+                    let f = frame::client::frame(opcode::TEXT, true, &text, key());
+                    bytes += f.len();
+                    wr.write_all(&f).await?;
+                }
+                sink.ack_sent();
+                m.events_sent.inc_by(batch.len() as u64);
+                m.bytes_sent.inc_by(bytes as u64);
+                m.batch_events.observe(1.0);
+                count_sink(sink, m);
+            }
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), LinkError>(())
+    };
+    tokio::select! {
+        r = reader => r,
+        r = writer => r,
+    }
+}
+
+// === AWX 2020: the dialed node sends us its every local event ===
+
+async fn awx_broadcast(
+    ctx: &LinkCtx,
+    conn: Conn,
+    spec: &PeerSpec,
+    m: &LinkMetrics,
+) -> Result<(), LinkError> {
+    let Conn {
+        mut rd,
+        mut wr,
+        mut buf,
+        mut decoder,
+        mut mask_seed,
+    } = conn;
+    let mut key = move || {
+        mask_seed ^= mask_seed << 13;
+        mask_seed ^= mask_seed >> 17;
+        mask_seed ^= mask_seed << 5;
+        mask_seed.to_ne_bytes()
+    };
+    ctx.bp.stats.connected(&spec.host, unix_now());
+    let out = Shared::default();
+    let ready = tokio::sync::Notify::new();
+    let wake = || ready.notify_one();
+    let reader = read_loop(
+        &mut rd,
+        &mut buf,
+        &mut decoder,
+        &out,
+        &wake,
+        ctx.settings.ping_interval,
+        |msg| {
+            let router = ctx.router.clone();
+            let bp = ctx.bp.clone();
+            let host = spec.host.clone();
+            let m = m.clone();
+            async move {
+                let Message::Text(t) = msg else {
+                    return Ok(());
+                };
+                match awx::decode_event(&t) {
+                    Ok(e) => {
+                        m.events_received.inc();
+                        m.bytes_received.inc_by(t.len() as u64);
+                        bp.stats.received(&host, 1, unix_now());
+                        router
+                            .route_from_peer([(e.group.as_str(), e.payload.as_bytes())])
+                            .await
+                            .map_err(|_| LinkError::Stopping)?;
+                    }
+                    Err(e) => {
+                        m.skipped.inc();
+                        tracing::debug!(peer = host, error = %e, "unreadable AWX event");
+                    }
+                }
+                Ok(())
+            }
+        },
+    );
+    let writer = async {
+        loop {
+            ready.notified().await;
+            write_control(&mut wr, &out, &mut key).await?;
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), LinkError>(())
+    };
+    tokio::select! {
+        r = reader => r,
+        r = writer => r,
+    }
+}
+
+// === AWX stats ===
+
+/// Writes AWX's `broadcast_websocket_stats` key every 5 s, as AWX's relay
+/// does, so AWX's metrics endpoint keeps reporting the backplane.
+async fn write_awx_stats(bp: Arc<Backplane>, url: String, mut stop: watch::Receiver<bool>) {
+    let client = match deadpool_redis::redis::Client::open(url.as_str()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot write broadcast_websocket_stats");
+            return;
+        }
+    };
+    let mut conn = None;
+    loop {
+        if conn.is_none() {
+            conn = client.get_multiplexed_async_connection().await.ok();
+        }
+        if let Some(c) = conn.as_mut() {
+            let text = bp.stats.render(unix_now());
+            let r: Result<(), _> = deadpool_redis::redis::cmd("SET")
+                .arg(super::stats::REDIS_KEY)
+                .arg(text)
+                .query_async(c)
+                .await;
+            if r.is_err() {
+                conn = None;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(super::stats::INTERVAL_SECS)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+// === TLS ===
+
+fn tls_config(c: &Config) -> Result<rustls::ClientConfig, ConfigError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions");
+    if !c.peer_tls_verify {
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_no_client_auth());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = &c.peer_ca_file {
+        use rustls_pki_types::pem::PemObject;
+        let err = |why: String| ConfigError::PeerCa {
+            path: path.clone(),
+            why,
+        };
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| err(e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| err(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(err("no certificates in the file".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| err(e.to_string()))?;
+        }
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// AWX's `BROADCAST_WEBSOCKET_VERIFY_CERT = False`: accept any certificate
+/// (the secret header still authenticates the peer). Only with
+/// `--peer-tls-verify false`, which logs a warning at start.
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_starts_within_a_second_and_is_capped() {
+        for _ in 0..100 {
+            let first = backoff(0, Duration::from_secs(30));
+            assert!(first <= Duration::from_secs(1) && first >= Duration::from_millis(500));
+            let late = backoff(20, Duration::from_secs(30));
+            assert!(late <= Duration::from_secs(30) && late >= Duration::from_secs(15));
+        }
+    }
+}

@@ -1,0 +1,410 @@
+//! What a node owes its peers: one `Sink` per outgoing link, holding the
+//! peer's interest and the events sent but not yet acknowledged (the
+//! resend buffer). Local producers `offer` each batch once; every sink
+//! whose interest matches takes a reference to the same payload bytes.
+//!
+//! I/O-free: the link tasks take from sinks and report acks; nothing here
+//! blocks beyond a short per-sink lock.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+/// Which groups a sink carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interest {
+    /// Every group (AWX 2020 dialers: they get every local event).
+    All,
+    Groups(HashSet<Arc<str>>),
+}
+
+impl Interest {
+    fn matches(&self, group: &str) -> bool {
+        match self {
+            Interest::All => true,
+            Interest::Groups(g) => g.contains(group),
+        }
+    }
+}
+
+/// Bounds of one sink's buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct SinkLimits {
+    pub max_events: usize,
+    pub max_bytes: usize,
+}
+
+/// One event owed to a peer.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub seq: u64,
+    pub group: Arc<str>,
+    pub payload: Bytes,
+}
+
+/// Counts a sink reports to metrics (deltas since the last `take_counts`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SinkCounts {
+    /// Evicted from a full buffer before the peer acknowledged them.
+    pub evicted: u64,
+    /// Dropped because the peer restarted and cannot want them any more.
+    pub discarded: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    interest: Interest,
+    queue: VecDeque<Pending>,
+    bytes: usize,
+    /// The sequence number the next offered event gets.
+    next_seq: u64,
+    /// The highest sequence handed to the current connection.
+    sent: u64,
+    counts: SinkCounts,
+}
+
+/// One outgoing link's share of the outbox.
+#[derive(Debug)]
+pub struct Sink {
+    pub label: String,
+    limits: SinkLimits,
+    state: Mutex<State>,
+    /// Signalled when events arrive (a stored permit: none is missed).
+    ready: Notify,
+}
+
+impl Sink {
+    pub fn new(label: String, interest: Interest, limits: SinkLimits) -> Self {
+        Self {
+            label,
+            limits,
+            state: Mutex::new(State {
+                interest,
+                queue: VecDeque::new(),
+                bytes: 0,
+                next_seq: 1,
+                sent: 0,
+                counts: SinkCounts::default(),
+            }),
+            ready: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state stays consistent across every early return, so a
+        // panic elsewhere while holding the lock leaves it usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until there may be something to send.
+    pub async fn ready(&self) {
+        self.ready.notified().await;
+    }
+
+    /// Wakes the link (for example to send an interest acknowledgement).
+    pub fn wake(&self) {
+        self.ready.notify_one();
+    }
+
+    /// Replaces the interest (a full set) or changes it; returns the groups
+    /// actually added and removed.
+    pub fn set_interest(
+        &self,
+        full: bool,
+        added: &[&str],
+        removed: &[&str],
+    ) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
+        let mut s = self.lock();
+        let old = match std::mem::replace(&mut s.interest, Interest::Groups(HashSet::new())) {
+            Interest::Groups(g) => g,
+            Interest::All => HashSet::new(),
+        };
+        let mut new = if full { HashSet::new() } else { old.clone() };
+        for g in added {
+            new.insert(Arc::from(*g));
+        }
+        for g in removed {
+            new.remove(*g);
+        }
+        let plus = new.difference(&old).cloned().collect();
+        let minus = old.difference(&new).cloned().collect();
+        s.interest = Interest::Groups(new);
+        (plus, minus)
+    }
+
+    /// The groups this sink carries (empty for `All`).
+    pub fn groups(&self) -> Vec<Arc<str>> {
+        match &self.lock().interest {
+            Interest::Groups(g) => g.iter().cloned().collect(),
+            Interest::All => Vec::new(),
+        }
+    }
+
+    /// Whether the sink carries `group` now (for tests and the interest
+    /// test's explanation of counters).
+    pub fn wants(&self, group: &str) -> bool {
+        self.lock().interest.matches(group)
+    }
+
+    /// Queues the events this sink's peer wants; `payloads` holds one
+    /// shared copy per event, made on first need.
+    fn offer(&self, events: &[(&str, &[u8])], payloads: &mut [Option<(Arc<str>, Bytes)>]) -> bool {
+        let mut s = self.lock();
+        let mut any = false;
+        for ((group, payload), shared) in events.iter().zip(payloads.iter_mut()) {
+            if !s.interest.matches(group) {
+                continue;
+            }
+            let (g, p) = shared
+                .get_or_insert_with(|| (Arc::from(*group), Bytes::copy_from_slice(payload)))
+                .clone();
+            let seq = s.next_seq;
+            s.next_seq += 1;
+            s.bytes += p.len();
+            s.queue.push_back(Pending {
+                seq,
+                group: g,
+                payload: p,
+            });
+            any = true;
+        }
+        while s.queue.len() > self.limits.max_events || s.bytes > self.limits.max_bytes {
+            let Some(old) = s.queue.pop_front() else {
+                break;
+            };
+            s.bytes -= old.payload.len();
+            s.counts.evicted += 1;
+        }
+        any
+    }
+
+    /// Copies (by reference) up to `max_events` / about `max_bytes` of the
+    /// events not yet handed to this connection into `out`, and marks them
+    /// handed.
+    pub fn take(&self, out: &mut Vec<Pending>, max_events: usize, max_bytes: usize) {
+        let mut s = self.lock();
+        let sent = s.sent;
+        let start = s.queue.partition_point(|p| p.seq <= sent);
+        let mut bytes = 0;
+        for p in s.queue.range(start..) {
+            if out.len() >= max_events || (bytes >= max_bytes && !out.is_empty()) {
+                break;
+            }
+            bytes += p.payload.len();
+            out.push(p.clone());
+        }
+        if let Some(last) = out.last() {
+            s.sent = s.sent.max(last.seq);
+        }
+    }
+
+    /// Whether events wait that this connection has not been handed.
+    pub fn has_unsent(&self) -> bool {
+        let s = self.lock();
+        s.queue.back().is_some_and(|p| p.seq > s.sent)
+    }
+
+    /// Forgets everything up to `seq`, which the peer has delivered.
+    pub fn ack(&self, seq: u64) {
+        let mut s = self.lock();
+        while s.queue.front().is_some_and(|p| p.seq <= seq) {
+            let p = s.queue.pop_front().expect("checked");
+            s.bytes -= p.payload.len();
+        }
+    }
+
+    /// A new connection starts. `resume` is what the peer says it holds of
+    /// this sender's run: `Some(seq)` resends everything after `seq`;
+    /// `None` (the peer restarted, or never heard of us) discards what was
+    /// buffered for its previous run, which has no clients left to want it.
+    pub fn connected(&self, resume: Option<u64>) {
+        match resume {
+            Some(seq) => {
+                self.ack(seq);
+                let mut s = self.lock();
+                s.sent = seq.min(s.next_seq - 1);
+            }
+            None => {
+                let mut s = self.lock();
+                s.counts.discarded += s.queue.len() as u64;
+                s.queue.clear();
+                s.bytes = 0;
+                s.sent = s.next_seq - 1;
+            }
+        }
+        self.wake();
+    }
+
+    /// Forgets everything handed so far at once (AWX links have no acks:
+    /// what was written is gone).
+    pub fn ack_sent(&self) {
+        let sent = self.lock().sent;
+        self.ack(sent);
+    }
+
+    /// Events buffered (sent or not) and not acknowledged.
+    pub fn depth(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    pub fn take_counts(&self) -> SinkCounts {
+        std::mem::take(&mut self.lock().counts)
+    }
+}
+
+/// Every sink of the node, behind `arc-swap`: producers load the list
+/// without a lock; links come and go by publishing a new list.
+#[derive(Default)]
+pub struct Outbox {
+    sinks: ArcSwap<Vec<Arc<Sink>>>,
+    write: Mutex<()>,
+}
+
+impl Outbox {
+    /// Hands a batch of locally produced events to every sink that wants
+    /// them. Never waits: a sink that is full evicts its oldest (counted).
+    pub fn offer(&self, events: &[(&str, &[u8])]) {
+        let sinks = self.sinks.load();
+        if sinks.is_empty() || events.is_empty() {
+            return;
+        }
+        let mut payloads = vec![None; events.len()];
+        for sink in sinks.iter() {
+            if sink.offer(events, &mut payloads) {
+                sink.ready.notify_one();
+            }
+        }
+    }
+
+    /// Whether any link is registered (the emit path skips the outbox
+    /// entirely on a single node).
+    pub fn has_sinks(&self) -> bool {
+        !self.sinks.load().is_empty()
+    }
+
+    pub fn add(&self, sink: Arc<Sink>) {
+        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list = Vec::clone(&self.sinks.load());
+        list.push(sink);
+        self.sinks.store(Arc::new(list));
+    }
+
+    pub fn remove(&self, sink: &Arc<Sink>) {
+        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list = Vec::clone(&self.sinks.load());
+        list.retain(|s| !Arc::ptr_eq(s, sink));
+        self.sinks.store(Arc::new(list));
+    }
+
+    pub fn sinks(&self) -> Arc<Vec<Arc<Sink>>> {
+        self.sinks.load_full()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_events: usize) -> SinkLimits {
+        SinkLimits {
+            max_events,
+            max_bytes: usize::MAX,
+        }
+    }
+
+    fn seqs(v: &[Pending]) -> Vec<u64> {
+        v.iter().map(|p| p.seq).collect()
+    }
+
+    #[test]
+    fn offers_follow_interest_and_share_payload_bytes() {
+        let outbox = Outbox::default();
+        let a = Arc::new(Sink::new("a".into(), Interest::All, limits(100)));
+        let b = Arc::new(Sink::new(
+            "b".into(),
+            Interest::Groups(HashSet::new()),
+            limits(100),
+        ));
+        outbox.add(a.clone());
+        outbox.add(b.clone());
+        b.set_interest(true, &["g1"], &[]);
+        outbox.offer(&[("g1", b"one"), ("g2", b"two")]);
+        let (mut ta, mut tb) = (Vec::new(), Vec::new());
+        a.take(&mut ta, 10, usize::MAX);
+        b.take(&mut tb, 10, usize::MAX);
+        assert_eq!(seqs(&ta), [1, 2]);
+        assert_eq!(seqs(&tb), [1]);
+        assert_eq!(&*tb[0].group, "g1");
+        // One copy of the payload, shared by both sinks.
+        assert_eq!(ta[0].payload.as_ptr(), tb[0].payload.as_ptr());
+        b.set_interest(false, &["g2"], &["g1"]);
+        assert!(b.wants("g2") && !b.wants("g1"));
+        outbox.remove(&a);
+        outbox.offer(&[("g1", b"x"), ("g2", b"y")]);
+        assert_eq!(a.depth(), 2);
+        tb.clear();
+        b.take(&mut tb, 10, usize::MAX);
+        assert_eq!(seqs(&tb), [2]);
+    }
+
+    #[test]
+    fn resend_after_reconnect_resumes_after_the_peers_last_seq() {
+        let s = Sink::new("p".into(), Interest::All, limits(100));
+        let outbox = Outbox::default();
+        let s = Arc::new(s);
+        outbox.add(s.clone());
+        outbox.offer(&[("g", b"1"), ("g", b"2"), ("g", b"3"), ("g", b"4")]);
+        let mut t = Vec::new();
+        s.take(&mut t, 3, usize::MAX);
+        assert_eq!(seqs(&t), [1, 2, 3]);
+        s.ack(1);
+        assert_eq!(s.depth(), 3);
+        // The link drops; the peer says it delivered up to 2.
+        s.connected(Some(2));
+        t.clear();
+        s.take(&mut t, 10, usize::MAX);
+        assert_eq!(seqs(&t), [3, 4]);
+        assert!(!s.has_unsent());
+        // The peer restarted: nothing old is resent, and it is counted.
+        outbox.offer(&[("g", b"5")]);
+        s.connected(None);
+        assert_eq!(s.depth(), 0);
+        assert_eq!(s.take_counts().discarded, 3);
+        outbox.offer(&[("g", b"6")]);
+        t.clear();
+        s.take(&mut t, 10, usize::MAX);
+        assert_eq!(seqs(&t), [6]);
+    }
+
+    #[test]
+    fn a_full_buffer_evicts_oldest_and_counts() {
+        let s = Arc::new(Sink::new("p".into(), Interest::All, limits(2)));
+        let outbox = Outbox::default();
+        outbox.add(s.clone());
+        outbox.offer(&[("g", b"1"), ("g", b"2"), ("g", b"3")]);
+        assert_eq!(s.depth(), 2);
+        assert_eq!(s.take_counts().evicted, 1);
+        let mut t = Vec::new();
+        s.take(&mut t, 1, usize::MAX);
+        assert_eq!(seqs(&t), [2]);
+        s.ack_sent();
+        assert_eq!(s.depth(), 1);
+    }
+
+    #[test]
+    fn take_respects_the_byte_budget_but_always_makes_progress() {
+        let s = Arc::new(Sink::new("p".into(), Interest::All, limits(10)));
+        let outbox = Outbox::default();
+        outbox.add(s.clone());
+        outbox.offer(&[("g", &[0u8; 100]), ("g", &[0u8; 100]), ("g", &[0u8; 100])]);
+        let mut t = Vec::new();
+        s.take(&mut t, 10, 50);
+        assert_eq!(seqs(&t), [1]);
+        t.clear();
+        s.take(&mut t, 10, 150);
+        assert_eq!(seqs(&t), [2, 3]);
+    }
+}

@@ -1,0 +1,444 @@
+//! The native peer protocol, I/O-free: the messages two wsrelay nodes
+//! exchange inside websocket binary frames once the upgrade negotiated
+//! `wsrelay.peer.v1` (ARCHITECTURE.md, "Peer protocol", is the prose spec).
+//!
+//! A link carries events one way, from the dialing node (the sender) to the
+//! dialed node (the receiver); the receiver answers on the same link with
+//! its interest and acknowledgements. Integers are big-endian; a string is
+//! a `u16` length and UTF-8 bytes; a payload is a `u32` length and bytes.
+
+use bytes::{BufMut, BytesMut};
+
+/// The subprotocol token offered and selected in the upgrade. A future
+/// version gets a new token; a node selects the highest it knows.
+pub const SUBPROTOCOL: &str = "wsrelay.peer.v1";
+pub const VERSION: u8 = 1;
+
+mod tag {
+    // Sender to receiver.
+    pub const HELLO: u8 = 0x01;
+    pub const EVENTS: u8 = 0x02;
+    pub const INTEREST_ACK: u8 = 0x03;
+    // Receiver to sender.
+    pub const WELCOME: u8 = 0x81;
+    pub const INTEREST: u8 = 0x82;
+    pub const ACK: u8 = 0x83;
+}
+
+/// A malformed message: the link is closed with 1002 and this reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("empty peer message")]
+    Empty,
+    #[error("unknown peer message tag {0:#04x}")]
+    UnknownTag(u8),
+    #[error("truncated peer message")]
+    Truncated,
+    #[error("peer message has {0} bytes past its end")]
+    Trailing(usize),
+    #[error("group name in a peer message is not UTF-8")]
+    NotUtf8,
+    #[error("unsupported peer protocol version {0}")]
+    Version(u8),
+}
+
+/// One decoded message. Events stay in the frame's bytes and are read
+/// through [`Events`], so a batch costs no allocation to decode.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PeerMessage<'a> {
+    /// First message of a link: who is sending, and which run of it (a
+    /// random number per process start, so a restarted sender is told
+    /// apart from a reconnecting one).
+    Hello { node: &'a str, incarnation: u64 },
+    /// Events `first_seq ..= first_seq + count - 1`, in order.
+    Events { first_seq: u64, events: Events<'a> },
+    /// The sender applied the receiver's interest up to `epoch`.
+    InterestAck { epoch: u64 },
+    /// The receiver's answer to `Hello`: `resume` is the last sequence it
+    /// holds from this incarnation, `None` when it has never heard of it.
+    Welcome {
+        node: &'a str,
+        incarnation: u64,
+        resume: Option<u64>,
+    },
+    /// The receiver's groups: the whole set (`full`) or a change.
+    Interest {
+        epoch: u64,
+        full: bool,
+        added: Vec<&'a str>,
+        removed: Vec<&'a str>,
+    },
+    /// Everything up to `seq` is delivered on the receiver; the sender may
+    /// forget it.
+    Ack { seq: u64 },
+}
+
+/// The events of one `Events` message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Events<'a> {
+    count: u32,
+    body: &'a [u8],
+}
+
+impl<'a> Events<'a> {
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+impl<'a> IntoIterator for Events<'a> {
+    type Item = (&'a str, &'a [u8]);
+    type IntoIter = EventIter<'a>;
+    fn into_iter(self) -> EventIter<'a> {
+        EventIter {
+            left: self.count,
+            r: Reader(self.body),
+        }
+    }
+}
+
+/// Iterates `(group, payload)`; the body was checked whole by `decode`.
+pub struct EventIter<'a> {
+    left: u32,
+    r: Reader<'a>,
+}
+
+impl<'a> Iterator for EventIter<'a> {
+    type Item = (&'a str, &'a [u8]);
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let group = self.r.str().ok()?;
+        let payload = self.r.payload().ok()?;
+        Some((group, payload))
+    }
+}
+
+/// Decodes one binary message.
+pub fn decode(msg: &[u8]) -> Result<PeerMessage<'_>, WireError> {
+    let (&t, rest) = msg.split_first().ok_or(WireError::Empty)?;
+    let mut r = Reader(rest);
+    let m = match t {
+        tag::HELLO => {
+            let version = r.u8()?;
+            if version != VERSION {
+                return Err(WireError::Version(version));
+            }
+            PeerMessage::Hello {
+                node: r.str()?,
+                incarnation: r.u64()?,
+            }
+        }
+        tag::EVENTS => {
+            let first_seq = r.u64()?;
+            let count = r.u32()?;
+            let body = r.0;
+            // Check the whole batch now, so iteration cannot fail later.
+            for _ in 0..count {
+                r.str()?;
+                r.payload()?;
+            }
+            let used = body.len() - r.0.len();
+            PeerMessage::Events {
+                first_seq,
+                events: Events {
+                    count,
+                    body: &body[..used],
+                },
+            }
+        }
+        tag::INTEREST_ACK => PeerMessage::InterestAck { epoch: r.u64()? },
+        tag::WELCOME => {
+            let node = r.str()?;
+            let incarnation = r.u64()?;
+            let known = r.u8()? != 0;
+            let seq = r.u64()?;
+            PeerMessage::Welcome {
+                node,
+                incarnation,
+                resume: known.then_some(seq),
+            }
+        }
+        tag::INTEREST => {
+            let epoch = r.u64()?;
+            let full = r.u8()? != 0;
+            let added = r.strs()?;
+            let removed = r.strs()?;
+            PeerMessage::Interest {
+                epoch,
+                full,
+                added,
+                removed,
+            }
+        }
+        tag::ACK => PeerMessage::Ack { seq: r.u64()? },
+        other => return Err(WireError::UnknownTag(other)),
+    };
+    if !r.0.is_empty() {
+        return Err(WireError::Trailing(r.0.len()));
+    }
+    Ok(m)
+}
+
+pub fn hello(node: &str, incarnation: u64) -> BytesMut {
+    let mut b = BytesMut::with_capacity(16 + node.len());
+    b.put_u8(tag::HELLO);
+    b.put_u8(VERSION);
+    put_str(&mut b, node);
+    b.put_u64(incarnation);
+    b
+}
+
+pub fn welcome(node: &str, incarnation: u64, resume: Option<u64>) -> BytesMut {
+    let mut b = BytesMut::with_capacity(24 + node.len());
+    b.put_u8(tag::WELCOME);
+    put_str(&mut b, node);
+    b.put_u64(incarnation);
+    b.put_u8(resume.is_some() as u8);
+    b.put_u64(resume.unwrap_or(0));
+    b
+}
+
+pub fn interest<'a>(
+    epoch: u64,
+    full: bool,
+    added: impl ExactSizeIterator<Item = &'a str>,
+    removed: impl ExactSizeIterator<Item = &'a str>,
+) -> BytesMut {
+    let mut b = BytesMut::with_capacity(64);
+    b.put_u8(tag::INTEREST);
+    b.put_u64(epoch);
+    b.put_u8(full as u8);
+    put_list(&mut b, added);
+    put_list(&mut b, removed);
+    b
+}
+
+pub fn interest_ack(epoch: u64) -> BytesMut {
+    let mut b = BytesMut::with_capacity(9);
+    b.put_u8(tag::INTEREST_ACK);
+    b.put_u64(epoch);
+    b
+}
+
+pub fn ack(seq: u64) -> BytesMut {
+    let mut b = BytesMut::with_capacity(9);
+    b.put_u8(tag::ACK);
+    b.put_u64(seq);
+    b
+}
+
+/// Builds an `Events` message in place: `start`, then `push` each event.
+/// The caller reserves room for the websocket header in front, so the
+/// batch is framed and masked without another copy.
+pub struct EventsWriter {
+    pub buf: BytesMut,
+    head: usize,
+    count: u32,
+}
+
+impl EventsWriter {
+    /// Starts a batch after `reserve_front` bytes of room.
+    pub fn start(mut buf: BytesMut, reserve_front: usize, first_seq: u64) -> Self {
+        buf.clear();
+        buf.resize(reserve_front, 0);
+        let head = buf.len();
+        buf.put_u8(tag::EVENTS);
+        buf.put_u64(first_seq);
+        buf.put_u32(0);
+        Self {
+            buf,
+            head,
+            count: 0,
+        }
+    }
+
+    pub fn push(&mut self, group: &str, payload: &[u8]) {
+        put_str(&mut self.buf, group);
+        self.buf.put_u32(payload.len() as u32);
+        self.buf.extend_from_slice(payload);
+        self.count += 1;
+    }
+
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// The message's size so far, without the room in front.
+    pub fn len(&self) -> usize {
+        self.buf.len() - self.head
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Fills in the count; returns the buffer and where the message starts.
+    pub fn finish(mut self) -> (BytesMut, usize) {
+        let at = self.head + 9;
+        self.buf[at..at + 4].copy_from_slice(&self.count.to_be_bytes());
+        (self.buf, self.head)
+    }
+}
+
+fn put_list<'a>(b: &mut BytesMut, list: impl ExactSizeIterator<Item = &'a str>) {
+    b.put_u32(list.len() as u32);
+    for g in list {
+        put_str(b, g);
+    }
+}
+
+fn put_str(b: &mut BytesMut, s: &str) {
+    // Group names are bounded far below 64 KiB by --max-group-name; node
+    // names likewise. A longer one is cut at the bound rather than wrapped.
+    let n = s.len().min(u16::MAX as usize);
+    b.put_u16(n as u16);
+    b.extend_from_slice(&s.as_bytes()[..n]);
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.0.len() < n {
+            return Err(WireError::Truncated);
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, WireError> {
+        Ok(u16::from_be_bytes(self.take(2)?.try_into().unwrap()))
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        Ok(u32::from_be_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        Ok(u64::from_be_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    fn str(&mut self) -> Result<&'a str, WireError> {
+        let n = self.u16()? as usize;
+        std::str::from_utf8(self.take(n)?).map_err(|_| WireError::NotUtf8)
+    }
+    fn payload(&mut self) -> Result<&'a [u8], WireError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn strs(&mut self) -> Result<Vec<&'a str>, WireError> {
+        let n = self.u32()? as usize;
+        // Each string takes at least two bytes: a bogus count cannot make
+        // this allocate more than the message could hold.
+        if n > self.0.len() / 2 {
+            return Err(WireError::Truncated);
+        }
+        (0..n).map(|_| self.str()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_messages_round_trip() {
+        assert_eq!(
+            decode(&hello("node-a", 7)).unwrap(),
+            PeerMessage::Hello {
+                node: "node-a",
+                incarnation: 7
+            }
+        );
+        assert_eq!(
+            decode(&welcome("b", 9, Some(41))).unwrap(),
+            PeerMessage::Welcome {
+                node: "b",
+                incarnation: 9,
+                resume: Some(41)
+            }
+        );
+        assert_eq!(
+            decode(&welcome("b", 9, None)).unwrap(),
+            PeerMessage::Welcome {
+                node: "b",
+                incarnation: 9,
+                resume: None
+            }
+        );
+        let m = interest(
+            5,
+            true,
+            ["job_events-1", "jobs-status_changed"].into_iter(),
+            std::iter::empty(),
+        );
+        assert_eq!(
+            decode(&m).unwrap(),
+            PeerMessage::Interest {
+                epoch: 5,
+                full: true,
+                added: vec!["job_events-1", "jobs-status_changed"],
+                removed: vec![]
+            }
+        );
+        assert_eq!(
+            decode(&interest_ack(3)).unwrap(),
+            PeerMessage::InterestAck { epoch: 3 }
+        );
+        assert_eq!(decode(&ack(99)).unwrap(), PeerMessage::Ack { seq: 99 });
+    }
+
+    #[test]
+    fn events_batch_round_trips_after_reserved_room() {
+        let mut w = EventsWriter::start(BytesMut::new(), 14, 100);
+        w.push("g1", b"{\"a\":1}");
+        w.push("g2", b"");
+        w.push("g1", &[b'x'; 70_000]);
+        assert_eq!(w.count(), 3);
+        let (buf, at) = w.finish();
+        assert_eq!(at, 14);
+        let PeerMessage::Events { first_seq, events } = decode(&buf[at..]).unwrap() else {
+            panic!("not events");
+        };
+        assert_eq!(first_seq, 100);
+        assert_eq!(events.len(), 3);
+        let got: Vec<_> = events.into_iter().collect();
+        assert_eq!(got[0], ("g1", &b"{\"a\":1}"[..]));
+        assert_eq!(got[1], ("g2", &b""[..]));
+        assert_eq!(got[2].1.len(), 70_000);
+    }
+
+    #[test]
+    fn malformed_messages_are_errors_not_panics() {
+        assert_eq!(decode(b""), Err(WireError::Empty));
+        assert_eq!(decode(&[0x55]), Err(WireError::UnknownTag(0x55)));
+        let mut h = hello("n", 1);
+        h[1] = 9;
+        assert_eq!(decode(&h), Err(WireError::Version(9)));
+        let mut w = EventsWriter::start(BytesMut::new(), 0, 1);
+        w.push("g", b"abc");
+        let (buf, _) = w.finish();
+        for cut in 1..buf.len() {
+            assert!(decode(&buf[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut long = buf.to_vec();
+        long.push(0);
+        assert_eq!(decode(&long), Err(WireError::Trailing(1)));
+        // A count far beyond the bytes present.
+        let mut bogus = vec![0x82];
+        bogus.extend_from_slice(&1u64.to_be_bytes());
+        bogus.push(1);
+        bogus.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(decode(&bogus), Err(WireError::Truncated));
+        let mut bad_utf8 = vec![0x01, 1, 0, 1, 0xff];
+        bad_utf8.extend_from_slice(&0u64.to_be_bytes());
+        assert_eq!(decode(&bad_utf8), Err(WireError::NotUtf8));
+    }
+}

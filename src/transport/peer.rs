@@ -1,0 +1,496 @@
+//! Links other nodes dial to this one, served on the workers like any
+//! connection: `/websocket/broadcast/` (the native protocol when the
+//! upgrade offers `wsrelay.peer.v1`, AWX's 2020 form otherwise) and
+//! `/websocket/relay/` (AWX's 2022 form).
+//!
+//! The `secret` header is checked before the upgrade: a refused dialer
+//! gets HTTP 403 with the reason, and the reason is logged and counted.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::Notify;
+use tokio::time::{timeout, Instant};
+
+use super::conn;
+use super::stream::{Stream, IOVECS, READ_CHUNK};
+use super::worker::Worker;
+use crate::backplane::awx;
+use crate::backplane::link::unix_now;
+use crate::backplane::wire::{self, PeerMessage};
+use crate::backplane::{secret, Backplane, Interest, Sink};
+use crate::fanout::RouteTable;
+use crate::protocol::frame::{self, close_code, Decoder, Message, Role};
+use crate::protocol::http::{self, RequestHead};
+
+/// What the dialer asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// wsrelay's batched protocol; the dialer sends, we receive.
+    Native,
+    /// AWX 2020: we send the dialer every local event.
+    Broadcast,
+    /// AWX 2022: we tell the dialer our groups; it pushes events.
+    Relay,
+}
+
+pub(super) async fn run<S: Stream>(
+    worker: Rc<Worker>,
+    stream: &S,
+    head: RequestHead,
+    buf: BytesMut,
+) {
+    let ctx = worker.ctx.clone();
+    let bp = ctx.backplane.clone();
+    let refuse = |reason: &str, why: &str| {
+        bp.metrics.peers.auth_failure(reason).inc();
+        tracing::warn!(path = head.path, reason = why, "peer refused");
+        http::error_response(403, &format!("backplane: {why}"), false)
+    };
+    let Some(shared) = bp.secret.as_deref() else {
+        let reply = refuse(
+            "disabled",
+            "this node has no --backplane-secret, so it accepts no peers",
+        );
+        return conn::answer_and_close(stream, reply).await;
+    };
+    let Some(header) = head.header("secret") else {
+        let reply = refuse("missing", "no secret header");
+        return conn::answer_and_close(stream, reply).await;
+    };
+    if let Err(e) = secret::verify(header.trim(), shared, unix_now()) {
+        let reply = refuse(e.label(), &e.to_string());
+        return conn::answer_and_close(stream, reply).await;
+    }
+    let accept = match http::upgrade_accept_key(&head) {
+        Ok(k) => k,
+        Err(e) => {
+            let reply = http::error_response(400, &e.to_string(), false);
+            return conn::answer_and_close(stream, reply).await;
+        }
+    };
+    let native_offered = head
+        .header("sec-websocket-protocol")
+        .is_some_and(|v| v.split(',').any(|p| p.trim() == wire::SUBPROTOCOL));
+    let mode = match head.path.trim_end_matches('/') {
+        "/websocket/relay" => Mode::Relay,
+        _ if native_offered => Mode::Native,
+        _ => Mode::Broadcast,
+    };
+    let mut reply = String::from_utf8(http::switching_protocols(&accept)).expect("ascii");
+    if mode == Mode::Native {
+        reply.truncate(reply.len() - 2);
+        reply.push_str(&format!(
+            "Sec-WebSocket-Protocol: {}\r\n\r\n",
+            wire::SUBPROTOCOL
+        ));
+    }
+    if stream.write_all(reply.into_bytes()).await.is_err() {
+        return;
+    }
+    let link = Link {
+        worker: &worker,
+        bp: &bp,
+        stream,
+        out: RefCell::new(Vec::new()),
+        wake: Notify::new(),
+        last_heard: Cell::new(Instant::now()),
+    };
+    let result = match mode {
+        Mode::Native => link.native(buf).await,
+        Mode::Broadcast => link.broadcast(buf).await,
+        Mode::Relay => link.relay(buf).await,
+    };
+    if let Err(reason) = result {
+        tracing::info!(?mode, reason, "peer link ended");
+        let _ = stream
+            .write_all(frame::close_frame(close_code::GOING_AWAY, reason).to_vec())
+            .await;
+    }
+}
+
+/// One inbound link's shared parts: its reader and writer run together
+/// on the worker, and only the writer touches the socket's write side.
+struct Link<'a, S> {
+    worker: &'a Worker,
+    bp: &'a Arc<Backplane>,
+    stream: &'a S,
+    /// Control frames the reader or pinger wants written.
+    out: RefCell<Vec<Bytes>>,
+    wake: Notify,
+    last_heard: Cell<Instant>,
+}
+
+type Ended = Result<(), &'static str>;
+
+impl<S: Stream> Link<'_, S> {
+    fn peer_ping_every(&self) -> Duration {
+        self.worker.ctx.config.peer_ping_interval
+    }
+
+    fn send(&self, frame: Bytes) {
+        self.out.borrow_mut().push(frame);
+        self.wake.notify_one();
+    }
+
+    /// Writes frames, all of them, `IOVECS` at a time.
+    async fn write_frames(&self, mut frames: Vec<Bytes>) -> Ended {
+        while !frames.is_empty() {
+            let rest = frames.split_off(frames.len().min(IOVECS));
+            let mut chunk = std::mem::replace(&mut frames, rest);
+            while !chunk.is_empty() {
+                let mut n = match self.stream.writev(&mut chunk).await {
+                    Ok(0) | Err(_) => return Err("write failed"),
+                    Ok(n) => n,
+                };
+                while n > 0 {
+                    let f = &mut chunk[0];
+                    if n >= f.len() {
+                        n -= f.len();
+                        chunk.remove(0);
+                    } else {
+                        let _ = f.split_to(n);
+                        n = 0;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush_control(&self) -> Ended {
+        let frames = std::mem::take(&mut *self.out.borrow_mut());
+        self.write_frames(frames).await
+    }
+
+    /// Reads messages until the link ends, answering pings and handing
+    /// data messages to `on_data`.
+    async fn read_loop<F, Fut>(&self, mut buf: BytesMut, mut on_data: F) -> Ended
+    where
+        F: FnMut(Message) -> Fut,
+        Fut: std::future::Future<Output = Ended>,
+    {
+        let mut decoder = Decoder::new(Role::Server, 256 << 20);
+        loop {
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(m)) => {
+                        self.last_heard.set(Instant::now());
+                        match m {
+                            Message::Ping(p) => self.send(frame::pong_frame(&p)),
+                            Message::Pong(_) => {}
+                            Message::Close(..) => return Err("closed by the peer"),
+                            m => on_data(m).await?,
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(e.reason),
+                }
+            }
+            if buf.capacity() - buf.len() < READ_CHUNK {
+                buf.reserve(64 * 1024);
+            }
+            match self.stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return Err("connection lost"),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Pings when quiet; gives up after three silent intervals.
+    async fn ping_loop(&self) -> Ended {
+        let every = self.peer_ping_every();
+        loop {
+            tokio::time::sleep(every).await;
+            let quiet = self.last_heard.get().elapsed();
+            if quiet >= every * 3 {
+                return Err("no traffic for three ping intervals");
+            }
+            if quiet >= every {
+                self.send(frame::ping_frame(b""));
+            }
+        }
+    }
+
+    /// Sends the receiver's interest: the full set now, changes after.
+    fn interest_frame(
+        &self,
+        table: &RouteTable,
+        sent: &mut HashSet<Arc<str>>,
+        full: bool,
+    ) -> Option<Bytes> {
+        let now: HashSet<Arc<str>> = table.local_groups().cloned().collect();
+        let added: Vec<&str> = now.difference(sent).map(|g| &**g).collect();
+        let removed: Vec<&str> = sent.difference(&now).map(|g| &**g).collect();
+        if !full && added.is_empty() && removed.is_empty() {
+            return None;
+        }
+        let m = wire::interest(table.epoch, full, added.into_iter(), removed.into_iter());
+        *sent = now;
+        Some(frame::binary_frame(&m))
+    }
+
+    // === native: we receive ===
+
+    async fn native(&self, mut buf: BytesMut) -> Ended {
+        let ctx = &self.worker.ctx;
+        // The dialer speaks first: who it is and which run.
+        let hello = timeout(ctx.config.request_timeout, async {
+            let mut decoder = Decoder::new(Role::Server, 64 * 1024);
+            loop {
+                if let Some(m) = decoder.decode(&mut buf).map_err(|e| e.reason)? {
+                    return Ok::<_, &'static str>(m);
+                }
+                buf.reserve(READ_CHUNK);
+                if !matches!(self.stream.read(&mut buf).await, Ok(n) if n > 0) {
+                    return Err("connection lost before hello");
+                }
+            }
+        })
+        .await
+        .map_err(|_| "no hello")??;
+        let Message::Binary(hello) = hello else {
+            return Err("expected hello");
+        };
+        let (node, incarnation) = match wire::decode(&hello) {
+            Ok(PeerMessage::Hello { node, incarnation }) => (node.to_owned(), incarnation),
+            _ => return Err("expected hello"),
+        };
+        let (generation, resume) = self.bp.hello(&node, incarnation);
+        // Registered before the link shows as up: from then on, subscribe
+        // replies wait for this link to apply their interest.
+        let link_id = self.bp.link_id();
+        self.bp.interest_pending(link_id);
+        let m = self.bp.metrics.peers.link(&node, "in");
+        m.up.set(1);
+        m.connected_since.set(unix_now() as i64);
+        self.bp.stats.connected(&node, unix_now());
+        tracing::info!(node, ?resume, "peer link up (native, inbound)");
+
+        let mut routes = ctx.routes.watch();
+        let mut sent = HashSet::new();
+        let table = ctx.routes.load_full();
+        routes.borrow_and_update();
+        let mut first = vec![frame::binary_frame(&wire::welcome(
+            &self.bp.node_id,
+            self.bp.incarnation,
+            resume,
+        ))];
+        first.extend(self.interest_frame(&table, &mut sent, true));
+        let result = async {
+            self.write_frames(first).await?;
+            let delivered = Cell::new(resume.unwrap_or(0));
+            let acked = Cell::new(resume.unwrap_or(0));
+            let reader = self.read_loop(buf, |msg| {
+                let m = &m;
+                let node = &node;
+                let delivered = &delivered;
+                async move {
+                    let Message::Binary(b) = msg else {
+                        return Err("text frame on a native link");
+                    };
+                    match wire::decode(&b).map_err(|_| "malformed peer message")? {
+                        PeerMessage::Events { first_seq, events } => {
+                            let n = events.len() as u64;
+                            let admit = self
+                                .bp
+                                .admit(node, generation, first_seq, n)
+                                .map_err(|_| "superseded by a newer link")?;
+                            m.gaps.inc_by(admit.gap);
+                            m.duplicates.inc_by(admit.skip);
+                            let fresh = n - admit.skip;
+                            m.events_received.inc_by(fresh);
+                            m.bytes_received.inc_by(b.len() as u64);
+                            self.bp.stats.received(node, fresh, unix_now());
+                            ctx.router
+                                .route_from_peer(events.into_iter().skip(admit.skip as usize))
+                                .await
+                                .map_err(|_| "node shutting down")?;
+                            if n > 0 {
+                                delivered.set(first_seq + n - 1);
+                            }
+                            self.wake.notify_one();
+                            Ok(())
+                        }
+                        PeerMessage::InterestAck { epoch } => {
+                            self.bp.interest_acked(link_id, Some(epoch));
+                            Ok(())
+                        }
+                        _ => Err("unexpected message from sender"),
+                    }
+                }
+            });
+            let writer = async {
+                loop {
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        r = routes.changed() => {
+                            if r.is_err() {
+                                return Err("routes gone");
+                            }
+                            let table = ctx.routes.load_full();
+                            if let Some(f) = self.interest_frame(&table, &mut sent, false) {
+                                self.out.borrow_mut().push(f);
+                            }
+                        }
+                    }
+                    if delivered.get() > acked.get() {
+                        acked.set(delivered.get());
+                        self.out
+                            .borrow_mut()
+                            .push(frame::binary_frame(&wire::ack(acked.get())));
+                    }
+                    self.flush_control().await?;
+                }
+            };
+            tokio::select! {
+                r = reader => r,
+                r = writer => r,
+                r = self.ping_loop() => r,
+            }
+        }
+        .await;
+        self.bp.interest_acked(link_id, None);
+        m.up.set(0);
+        self.bp.stats.disconnected(&node);
+        result
+    }
+
+    // === AWX 2020: we send every local event ===
+
+    async fn broadcast(&self, buf: BytesMut) -> Ended {
+        let ctx = &self.worker.ctx;
+        let m = self.bp.metrics.peers.link("awx-2020", "in");
+        let limits = crate::backplane::SinkLimits {
+            max_events: ctx.config.peer_buffer_events,
+            max_bytes: ctx.config.peer_buffer_bytes,
+        };
+        let sink = Arc::new(Sink::new("awx-2020".into(), Interest::All, limits));
+        self.bp.outbox.add(sink.clone());
+        m.up.set(1);
+        m.connected_since.set(unix_now() as i64);
+        tracing::info!("peer link up (AWX 2020 broadcast, inbound)");
+        let writer = async {
+            let mut batch = Vec::new();
+            loop {
+                tokio::select! {
+                    _ = sink.ready() => {}
+                    _ = self.wake.notified() => {}
+                }
+                self.flush_control().await?;
+                while sink.has_unsent() {
+                    batch.clear();
+                    sink.take(&mut batch, IOVECS, ctx.config.peer_batch_bytes);
+                    let frames: Vec<Bytes> = batch
+                        .iter()
+                        .map(|p| frame::text_frame(&awx::broadcast_envelope(&p.group, &p.payload)))
+                        .collect();
+                    let bytes: usize = frames.iter().map(Bytes::len).sum();
+                    self.write_frames(frames).await?;
+                    sink.ack_sent();
+                    m.events_sent.inc_by(batch.len() as u64);
+                    m.bytes_sent.inc_by(bytes as u64);
+                    let c = sink.take_counts();
+                    m.evicted.inc_by(c.evicted);
+                }
+            }
+        };
+        let reader = self.read_loop(buf, |_| std::future::ready(Ok(())));
+        let r = tokio::select! {
+            r = reader => r,
+            r = writer => r,
+            r = self.ping_loop() => r,
+        };
+        self.bp.outbox.remove(&sink);
+        m.evicted.inc_by(sink.depth() as u64);
+        m.up.set(0);
+        r
+    }
+
+    // === AWX 2022: we say what we want; the dialer pushes it ===
+
+    async fn relay(&self, buf: BytesMut) -> Ended {
+        let ctx = &self.worker.ctx;
+        let m = self.bp.metrics.peers.link("awx-2022", "in");
+        m.up.set(1);
+        m.connected_since.set(unix_now() as i64);
+        self.bp.stats.connected("awx-2022", unix_now());
+        tracing::info!("peer link up (AWX 2022 relay, inbound)");
+        let origin = format!("wsrelay_{}", self.bp.node_id);
+        let mut routes = ctx.routes.watch();
+        routes.borrow_and_update();
+        let mut sent: HashSet<Arc<str>> = HashSet::new();
+        let consumer = |table: &RouteTable, sent: &mut HashSet<Arc<str>>| {
+            let now: HashSet<Arc<str>> = table.local_groups().cloned().collect();
+            let mut frames = Vec::new();
+            let added: Vec<&str> = now.difference(sent).map(|g| &**g).collect();
+            if !added.is_empty() {
+                let t = awx::consumer_message(true, added, &origin);
+                frames.push(frame::text_frame(t.as_bytes()));
+            }
+            let removed: Vec<&str> = sent.difference(&now).map(|g| &**g).collect();
+            if !removed.is_empty() {
+                let t = awx::consumer_message(false, removed, &origin);
+                frames.push(frame::text_frame(t.as_bytes()));
+            }
+            *sent = now;
+            frames
+        };
+        let first = consumer(&ctx.routes.load_full(), &mut sent);
+        let r = async {
+            self.write_frames(first).await?;
+            let reader = self.read_loop(buf, |msg| {
+                let m = &m;
+                async move {
+                    let Message::Text(t) = msg else {
+                        return Ok(());
+                    };
+                    match awx::decode_event(&t) {
+                        Ok(e) => {
+                            m.events_received.inc();
+                            m.bytes_received.inc_by(t.len() as u64);
+                            self.bp.stats.received("awx-2022", 1, unix_now());
+                            ctx.router
+                                .route_from_peer([(e.group.as_str(), e.payload.as_bytes())])
+                                .await
+                                .map_err(|_| "node shutting down")?;
+                        }
+                        Err(e) => {
+                            m.skipped.inc();
+                            tracing::debug!(error = %e, "unreadable AWX relay message");
+                        }
+                    }
+                    Ok(())
+                }
+            });
+            let writer = async {
+                loop {
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        r = routes.changed() => {
+                            if r.is_err() {
+                                return Err("routes gone");
+                            }
+                            let frames = consumer(&ctx.routes.load_full(), &mut sent);
+                            self.out.borrow_mut().extend(frames);
+                        }
+                    }
+                    self.flush_control().await?;
+                }
+            };
+            tokio::select! {
+                r = reader => r,
+                r = writer => r,
+                r = self.ping_loop() => r,
+            }
+        }
+        .await;
+        m.up.set(0);
+        self.bp.stats.disconnected("awx-2022");
+        r
+    }
+}
