@@ -173,12 +173,15 @@ pub struct Config {
     /// Ping interval on peer links; a link silent for three intervals is
     /// dead and redialled. Default 5 s.
     pub peer_ping_interval: Duration,
-    /// A batch is sent once it holds this many events... Default 1,024.
+    /// Most events in one backplane batch. Default 1,024.
     pub peer_batch_events: usize,
-    /// ...or this many payload bytes... Default 256 KiB.
+    /// About the most payload bytes in one backplane batch. Default 256 KiB.
     pub peer_batch_bytes: usize,
-    /// ...or after this long since the first event waited, whichever comes
-    /// first. Default 1 ms.
+    /// How long a link waits for a batch to fill once an event is ready.
+    /// Default 0: send as soon as the link is free; batches still form from
+    /// whatever arrives while the previous write is in flight. A delay
+    /// saves CPU under moderate load at the price of latency (tokio's timer
+    /// rounds it up to whole milliseconds); PERF.md has the measurement.
     pub peer_flush_delay: Duration,
     /// Events held per peer until acknowledged (the resend buffer); past
     /// it the oldest are evicted and counted. Default 100,000.
@@ -232,7 +235,7 @@ impl Default for Config {
             peer_ping_interval: Duration::from_secs(5),
             peer_batch_events: 1024,
             peer_batch_bytes: 256 * 1024,
-            peer_flush_delay: Duration::from_millis(1),
+            peer_flush_delay: Duration::ZERO,
             peer_buffer_events: 100_000,
             peer_buffer_bytes: 64 * 1024 * 1024,
         }
@@ -476,7 +479,7 @@ pub struct Settings {
     /// Payload bytes per backplane batch, about [default: 262144]
     #[arg(long, env = "WSRELAY_PEER_BATCH_BYTES")]
     pub peer_batch_bytes: Option<usize>,
-    /// Longest wait to fill a backplane batch, microseconds [default: 1000]
+    /// Wait to fill a backplane batch, microseconds; 0 sends when the link is free [default: 0]
     #[arg(long, env = "WSRELAY_PEER_FLUSH_DELAY_US")]
     pub peer_flush_delay_us: Option<u64>,
     /// Events held per peer until acknowledged [default: 100000]

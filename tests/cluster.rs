@@ -239,7 +239,8 @@ async fn a_node_without_subscribers_of_a_group_receives_none_of_it() {
     let to_c = format!("wsrelay_backplane_events_sent_total{{peer=\"{}\"}}", c.addr);
     let to_b = format!("wsrelay_backplane_events_sent_total{{peer=\"{}\"}}", b.addr);
     assert_eq!(labelled(a.addr, &to_c).await, 0);
-    assert_eq!(labelled(a.addr, &to_b).await, 100);
+    // The sender counts after its write returns: wait for it.
+    wait_metric(a.addr, &format!("{to_b} 100")).await;
     // And once C's client wants the group, C gets it.
     subscribe(&mut on_c, groups(&["job_events-1"])).await;
     emit_batch(a.addr, "a", "job_events-1", 100..110).await;
@@ -410,6 +411,17 @@ print(f"HMAC-SHA256 {nonce}:{digest}")
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
+/// Waits, if needed, until early in a second, and returns that second.
+async fn start_of_a_second() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    if t.subsec_millis() > 300 {
+        tokio::time::sleep(Duration::from_millis(1010 - t.subsec_millis() as u64)).await;
+    }
+    now()
+}
+
 async fn dial_with_header(addr: SocketAddr, path: &str, header: &str) -> Result<Ws, (u16, String)> {
     let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
     req.headers_mut().insert("secret", header.parse().unwrap());
@@ -457,17 +469,28 @@ async fn awx_header_from_python_is_accepted_and_bad_ones_get_403() {
     assert_eq!(inner, serde_json::from_str::<Value>(payload).unwrap());
     awx.close(None).await.unwrap();
 
-    let now = now();
-    let refusals = [
-        (python_header("another-secret", None), "bad_digest"),
-        ("HMAC-SHA256 not-a-valid-header".to_owned(), "bad_format"),
-        ("HMAC-MD5 1:abcd".to_owned(), "bad_prefix"),
-        (python_header(BACKPLANE, Some(now - 301)), "stale_nonce"),
-        (python_header(BACKPLANE, Some(now + 301)), "future_nonce"),
+    let refusals: [(fn(u64) -> String, &str); 5] = [
+        (|_| python_header("another-secret", None), "bad_digest"),
+        (
+            |_| "HMAC-SHA256 not-a-valid-header".to_owned(),
+            "bad_format",
+        ),
+        (|_| "HMAC-MD5 1:abcd".to_owned(), "bad_prefix"),
+        (
+            |now| python_header(BACKPLANE, Some(now - 301)),
+            "stale_nonce",
+        ),
+        (
+            |now| python_header(BACKPLANE, Some(now + 301)),
+            "future_nonce",
+        ),
     ];
-    for (header, reason) in &refusals {
+    for (make, reason) in &refusals {
+        // Exactly 301 s off the node's clock: start early in a second, so
+        // the header is built and checked within the same second.
+        let header = make(start_of_a_second().await);
         for path in ["/websocket/broadcast/", "/websocket/relay/"] {
-            let (status, body) = dial_with_header(a.addr, path, header)
+            let (status, body) = dial_with_header(a.addr, path, &header)
                 .await
                 .map(|_| ())
                 .expect_err("refused");
@@ -479,7 +502,8 @@ async fn awx_header_from_python_is_accepted_and_bad_ones_get_403() {
         )
         .await;
     }
-    // Within the window either way is fine.
+    // Within the window is fine.
+    let now = start_of_a_second().await;
     dial_with_header(
         a.addr,
         "/websocket/broadcast/",
@@ -782,4 +806,91 @@ async fn sighup_adds_and_removes_peers_and_clients_stay() {
     let got = collect(&mut on_b, 3).await;
     assert_exactly_once_in_order(&got, &["b"], 3);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+// === wss:// peers ===
+
+/// A TLS terminator in front of `to` (as nginx fronts AWX nodes), with a
+/// fresh self-signed certificate for `localhost`; returns its address and
+/// the certificate in PEM.
+async fn tls_terminator(to: SocketAddr) -> (SocketAddr, String) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![ck.cert.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = TcpStream::connect(to).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    (addr, ck.cert.pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_peers_verify_certificates_unless_told_not_to() {
+    let b = cluster_node("b", |_| {});
+    let (tls, pem) = tls_terminator(b.addr).await;
+    let url = PeerSpec::parse(&format!("wss://localhost:{}", tls.port())).unwrap();
+    let label = format!("localhost:{}", tls.port());
+    let mut on_b = connect(b.addr, &token(1)).await;
+    subscribe(&mut on_b, groups(&["job_events-5"])).await;
+
+    // AWX's default for self-signed nodes: no verification.
+    let lax = cluster_node("lax", |c| c.peer_tls_verify = false);
+    lax.node.set_peers(vec![url.clone()]);
+    wait_metric(
+        b.addr,
+        "wsrelay_backplane_link_up{peer=\"lax\",direction=\"in\"} 1",
+    )
+    .await;
+    // Resubscribing to a changed set waits for lax to apply it.
+    subscribe(&mut on_b, groups(&["job_events-5", "job_events-6"])).await;
+    emit_batch(lax.addr, "lax", "job_events-5", 0..5).await;
+    let got = collect(&mut on_b, 5).await;
+    assert_exactly_once_in_order(&got, &["lax"], 5);
+
+    // The default verifies, so a self-signed certificate keeps it out...
+    let strict = cluster_node("strict", |_| {});
+    strict.node.set_peers(vec![url.clone()]);
+    let failures = format!("wsrelay_backplane_link_failures_total{{peer=\"{label}\"}}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while labelled(strict.addr, &failures).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "strict never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let up = format!("wsrelay_backplane_link_up{{peer=\"{label}\",direction=\"out\"}}");
+    assert_eq!(labelled(strict.addr, &up).await, 0);
+
+    // ...until the certificate's CA is given.
+    let ca = std::env::temp_dir().join(format!("wsrelay-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca, pem).unwrap();
+    let trusting = cluster_node("trusting", |c| c.peer_ca_file = Some(ca.clone()));
+    trusting.node.set_peers(vec![url]);
+    wait_metric(
+        b.addr,
+        "wsrelay_backplane_link_up{peer=\"trusting\",direction=\"in\"} 1",
+    )
+    .await;
+    let _ = std::fs::remove_file(&ca);
 }

@@ -5,10 +5,11 @@
 //! Scenarios so far: `storm` (jobs x viewers + status watchers), `fanout`
 //! (one group, many subscribers: a one-job storm), both with `--find-max`,
 //! `ingest` (Redis into the fan-out), `connections` (idle clients, RSS per
-//! connection) and `soak` (a long storm: drift). The cluster scenario waits
-//! for the backplane.
+//! connection), `soak` (a long storm: drift) and `cluster` (the storm over
+//! several nodes linked by the backplane).
 
 mod chart;
+mod cluster;
 mod connections;
 mod fanout;
 mod ingest;
@@ -37,6 +38,8 @@ enum Scenario {
     Connections(connections::Options),
     /// A storm for a long fixed time: drift in latency and memory
     Soak(storm::SoakOptions),
+    /// The storm across a mesh of nodes: emitted on one, viewed on the others
+    Cluster(cluster::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,5 +50,6 @@ fn main() -> anyhow::Result<()> {
         Scenario::Storm(opts) => storm::run(&opts),
         Scenario::Connections(opts) => connections::run(&opts),
         Scenario::Soak(opts) => storm::soak(&opts),
+        Scenario::Cluster(opts) => cluster::run(&opts),
     }
 }

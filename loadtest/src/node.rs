@@ -38,8 +38,15 @@ pub fn binary() -> anyhow::Result<PathBuf> {
 }
 
 pub async fn start(io: &str, workers: usize, extra: &[&str]) -> anyhow::Result<NodeProcess> {
+    let listen = if extra.contains(&"--listen") {
+        &[][..]
+    } else {
+        &["--listen", "127.0.0.1:0"][..]
+    };
     let mut child = Command::new(binary()?)
-        .args(["serve", "--listen", "127.0.0.1:0", "--io", io])
+        .arg("serve")
+        .args(listen)
+        .args(["--io", io])
         .args(["--workers", &workers.to_string()])
         .args(["--jwt-secret", SECRET, "--emit-key", EMIT_KEY])
         .args(extra)
@@ -66,6 +73,113 @@ pub async fn start(io: &str, workers: usize, extra: &[&str]) -> anyhow::Result<N
         addr,
         pid,
     })
+}
+
+/// The backplane's shared secret in cluster runs.
+pub const BACKPLANE_SECRET: &str = "loadtest-backplane-secret";
+
+/// `n` nodes in a full mesh speaking `protocol` (`native` or `awx-2022`),
+/// each linked to every other before this returns. The first is the one
+/// events are emitted on.
+pub async fn start_cluster(
+    io: &str,
+    workers: usize,
+    n: usize,
+    protocol: &str,
+) -> anyhow::Result<(NodeProcess, Vec<NodeProcess>)> {
+    if n < 2 {
+        bail!("a cluster needs at least 2 nodes");
+    }
+    let ports: Vec<u16> = (0..n)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+        })
+        .collect::<Result<_, _>>()?;
+    let prefix = if protocol == "native" {
+        ""
+    } else {
+        "awx-2022+"
+    };
+    let mut nodes = Vec::with_capacity(n);
+    for (i, port) in ports.iter().enumerate() {
+        let listen = format!("127.0.0.1:{port}");
+        let name = format!("n{i}");
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            listen,
+            "--node-id".into(),
+            name,
+            "--backplane-secret".into(),
+            BACKPLANE_SECRET.into(),
+        ];
+        for (j, p) in ports.iter().enumerate() {
+            if j != i {
+                args.push("--peer".into());
+                args.push(format!("{prefix}ws://127.0.0.1:{p}"));
+            }
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        nodes.push(start(io, workers, &args).await?);
+    }
+    // Every other node has the emitting node's link up.
+    let line = if protocol == "native" {
+        "wsrelay_backplane_link_up{peer=\"n0\",direction=\"in\"} 1".to_owned()
+    } else {
+        "wsrelay_backplane_link_up{peer=\"awx-2022\",direction=\"in\"} 1".to_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in &nodes[1..] {
+        while !metrics(n.addr).await?.lines().any(|l| l == line) {
+            if Instant::now() > deadline {
+                bail!("node {} never linked to n0", n.addr);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let first = nodes.remove(0);
+    Ok((first, nodes))
+}
+
+/// Counters that say where a run lost events: report key, metric prefix.
+pub const LOSS_COUNTERS: [(&str, &str); 4] = [
+    (
+        "slow_consumer_closes",
+        "wsrelay_server_closes_total{reason=\"slow_consumer\"}",
+    ),
+    ("events_dropped", "wsrelay_events_dropped_total"),
+    ("backplane_evicted", "wsrelay_backplane_evicted_total{"),
+    (
+        "backplane_gap_events",
+        "wsrelay_backplane_gap_events_total{",
+    ),
+];
+
+/// A node's `/metrics` text.
+pub async fn metrics(addr: std::net::SocketAddr) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
+/// Events and bytes a node has sent over all its links so far.
+pub async fn backplane_sent(addr: std::net::SocketAddr) -> Option<(u64, u64)> {
+    let text = metrics(addr).await.ok()?;
+    let sum = |name: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    Some((
+        sum("wsrelay_backplane_events_sent_total{"),
+        sum("wsrelay_backplane_bytes_sent_total{"),
+    ))
 }
 
 /// CPU seconds (user + system) the process has used, from /proc.

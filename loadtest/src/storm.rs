@@ -89,6 +89,19 @@ pub struct RunOptions {
     /// Write an SVG chart of throughput and latency over time here
     #[arg(long)]
     pub svg: Option<std::path::PathBuf>,
+    /// Set by the `cluster` scenario: several nodes over the backplane.
+    #[arg(skip)]
+    pub cluster: Option<ClusterSpec>,
+}
+
+/// A cluster run: `nodes` wsrelay processes in a full mesh; events are
+/// emitted on the first, clients spread over the others, so every event
+/// crosses the backplane.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub nodes: usize,
+    /// `native`, or `awx-2022` (AWX's form: one JSON frame per event).
+    pub protocol: String,
 }
 
 /// The storm's shape.
@@ -123,6 +136,13 @@ pub struct Report {
     pub server_rss_bytes: u64,
     pub syscalls_per_delivery: Option<f64>,
     pub uring_submissions_per_delivery: Option<f64>,
+    /// Cluster runs: events and bytes per second the emitting node sent
+    /// over its links (from its own metrics).
+    pub backplane_events_per_sec: Option<f64>,
+    pub backplane_bytes_per_sec: Option<f64>,
+    /// The nodes' loss counters at the end (slow-consumer closes, events
+    /// dropped, backplane evictions), summed over nodes.
+    pub node_losses: serde_json::Value,
     /// One sample per measured second.
     pub timeline: Vec<Sample>,
 }
@@ -193,6 +213,11 @@ impl Report {
             "server_rss_bytes": self.server_rss_bytes,
             "syscalls_per_delivery": self.syscalls_per_delivery,
             "uring_submissions_per_delivery": self.uring_submissions_per_delivery,
+            "nodes": opts.cluster.as_ref().map_or(1, |c| c.nodes),
+            "peer_protocol": opts.cluster.as_ref().map(|c| c.protocol.clone()),
+            "backplane_events_per_sec": self.backplane_events_per_sec,
+            "backplane_bytes_per_sec": self.backplane_bytes_per_sec,
+            "node_losses": self.node_losses,
             "drift": self.drift(),
             "timeline": self.timeline.iter().map(|s| serde_json::json!({
                 "t": s.t,
@@ -359,6 +384,12 @@ fn print_table(scenario: &str, shape: Shape, opts: &RunOptions, reports: &[Repor
             opt(r.syscalls_per_delivery),
             opt(r.uring_submissions_per_delivery),
         );
+        if let (Some(e), Some(b)) = (r.backplane_events_per_sec, r.backplane_bytes_per_sec) {
+            println!(
+                "       backplane out of the emitting node: {e:.0} events/s, {:.1} MB/s",
+                b / 1e6
+            );
+        }
     }
 }
 
@@ -386,6 +417,7 @@ async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::R
         None
     };
     let mut inproc = None;
+    let mut others: Vec<node::NodeProcess> = Vec::new();
     let node = match (&redis, opts.target.as_str()) {
         (Some(r), "awx-reference") => node::start_awx_reference(&r.url()).await?,
         (Some(r), _) => {
@@ -398,9 +430,30 @@ async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::R
             inproc = Some(n);
             process
         }
+        (None, _) if opts.cluster.is_some() => {
+            let cl = opts.cluster.as_ref().expect("checked");
+            if opts.producer != "http" || opts.target != "wsrelay" {
+                bail!("the cluster scenario emits over HTTP to wsrelay nodes");
+            }
+            let (first, rest) =
+                node::start_cluster(io, opts.workers, cl.nodes, &cl.protocol).await?;
+            others = rest;
+            first
+        }
         (None, _) => node::start(io, opts.workers, &[]).await?,
     };
     let addr = node.addr;
+    // Clients go to the nodes that do not emit, when there are any.
+    let client_addrs: Vec<SocketAddr> = if others.is_empty() {
+        vec![addr]
+    } else {
+        others.iter().map(|n| n.addr).collect()
+    };
+    let pids: Vec<u32> = std::iter::once(node.pid)
+        .chain(others.iter().map(|n| n.pid))
+        .collect();
+    let cpu_all = || -> Option<f64> { pids.iter().map(|&p| node::cpu_seconds(p)).sum() };
+    let rss_all = || -> Option<u64> { pids.iter().map(|&p| node::rss_bytes(p)).sum() };
     let tally = Rc::new(Tally {
         received: Cell::new(0),
         duplicates: Cell::new(0),
@@ -431,7 +484,7 @@ async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::R
         let (tx, rx) = tokio::sync::oneshot::channel();
         ready.push(rx);
         tokio::task::spawn_local(subscriber(
-            addr,
+            client_addrs[i % client_addrs.len()],
             token,
             groups,
             tally.clone(),
@@ -441,6 +494,15 @@ async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::R
     }
     for rx in ready {
         rx.await.context("subscriber task")??;
+    }
+    if opts
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.protocol != "native")
+    {
+        // AWX's consumer.subscribe is not acknowledged: give it a moment
+        // to reach the emitting node.
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 
     // The producer runs on its own thread so that reading clients cannot
@@ -457,12 +519,17 @@ async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::R
 
     tokio::time::sleep(Duration::from_secs(opts.warmup)).await;
     tally.measuring.set(true);
-    let perf = node::perf_counters(node.pid, opts.duration);
-    let (t0, r0, cpu0) = (
-        Instant::now(),
-        tally.received.get(),
-        node::cpu_seconds(node.pid),
-    );
+    let perf = if others.is_empty() {
+        node::perf_counters(node.pid, opts.duration)
+    } else {
+        None
+    };
+    let backplane0 = if others.is_empty() {
+        None
+    } else {
+        node::backplane_sent(addr).await
+    };
+    let (t0, r0, cpu0) = (Instant::now(), tally.received.get(), cpu_all());
     let mut timeline = Vec::with_capacity(opts.duration as usize);
     tally.window.borrow_mut().reset();
     let mut last = (t0, r0);
@@ -476,7 +543,7 @@ async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::R
             deliveries_per_sec: (received - last.1) as f64 / (now - last.0).as_secs_f64(),
             p50_us: window.value_at_quantile(0.5),
             p99_us: window.value_at_quantile(0.99),
-            rss_bytes: node::rss_bytes(node.pid).unwrap_or(0),
+            rss_bytes: rss_all().unwrap_or(0),
         });
         if let Some(s) = timeline.last() {
             eprint!(
@@ -492,13 +559,14 @@ async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::R
         last = (now, received);
     }
     eprintln!();
-    let (t1, r1, cpu1) = (
-        Instant::now(),
-        tally.received.get(),
-        node::cpu_seconds(node.pid),
-    );
+    let (t1, r1, cpu1) = (Instant::now(), tally.received.get(), cpu_all());
+    let backplane1 = if backplane0.is_some() {
+        node::backplane_sent(addr).await
+    } else {
+        None
+    };
     tally.measuring.set(false);
-    let rss = node::rss_bytes(node.pid).unwrap_or(0);
+    let rss = rss_all().unwrap_or(0);
     let (job_events, status_events, produce_secs) = producer
         .join()
         .map_err(|_| anyhow::anyhow!("producer panicked"))??;
@@ -508,6 +576,23 @@ async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::R
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let counters = perf.and_then(node::perf_result);
+    // Where loss happened, in the nodes' own words (wsrelay targets only).
+    let mut node_losses = serde_json::Map::new();
+    if opts.target == "wsrelay" {
+        for a in std::iter::once(addr).chain(others.iter().map(|n| n.addr)) {
+            if let Ok(text) = node::metrics(a).await {
+                for (key, prefix) in node::LOSS_COUNTERS {
+                    let v: u64 = text
+                        .lines()
+                        .filter(|l| l.starts_with(prefix))
+                        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                        .sum();
+                    let e = node_losses.entry(key.to_owned()).or_insert(0.into());
+                    *e = (e.as_u64().unwrap_or(0) + v).into();
+                }
+            }
+        }
+    }
     let secs = (t1 - t0).as_secs_f64();
     let delivered = (r1 - r0) as f64;
     let lat = tally.latency.borrow();
@@ -533,6 +618,13 @@ async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::R
         server_rss_bytes: rss,
         syscalls_per_delivery: counters.map(|(s, _)| s as f64 / delivered.max(1.0)),
         uring_submissions_per_delivery: counters.map(|(_, u)| u as f64 / delivered.max(1.0)),
+        node_losses: serde_json::Value::Object(node_losses),
+        backplane_events_per_sec: backplane0
+            .zip(backplane1)
+            .map(|(a, b)| (b.0 - a.0) as f64 / secs),
+        backplane_bytes_per_sec: backplane0
+            .zip(backplane1)
+            .map(|(a, b)| (b.1 - a.1) as f64 / secs),
         timeline,
     })
 }

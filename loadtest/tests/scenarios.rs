@@ -377,3 +377,43 @@ fn the_stream_and_in_process_producers_work() {
         check_runs(&report, &["epoll"], 100 * 2 + 20 * 3);
     }
 }
+
+#[test]
+fn cluster_is_lossless_across_the_backplane_in_both_protocols() {
+    for protocol in ["native", "awx-2022"] {
+        let report = run(
+            &format!("cluster-{protocol}"),
+            &[
+                "cluster",
+                "--nodes",
+                "3",
+                "--jobs",
+                "2",
+                "--viewers",
+                "4",
+                "--watchers",
+                "2",
+                "--status-every",
+                "10",
+                "--peer-protocol",
+                protocol,
+                "--rate",
+                "300",
+                "--duration",
+                "1",
+                "--warmup",
+                "0",
+                "--io",
+                "epoll",
+            ],
+        );
+        // 300 job events to 4 viewers each, 30 status changes to 2 watchers;
+        // every client sits on a node other than the emitting one.
+        check_runs(&report, &["epoll"], 300 * 4 + 30 * 2);
+        let r = &report["runs"][0];
+        assert_eq!(r["nodes"], 3, "{r}");
+        assert_eq!(r["peer_protocol"], protocol, "{r}");
+        assert!(r["backplane_events_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["backplane_bytes_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    }
+}

@@ -1,0 +1,46 @@
+//! `cluster`: the storm across several nodes. Events are emitted (over
+//! HTTP) on the first node; viewers connect to the others, so every
+//! delivery crossed the backplane. `--peer-protocol awx-2022` links the
+//! nodes with AWX's form (one JSON frame per event) instead of the native
+//! batched protocol, for comparison in one session.
+
+use crate::storm::{run_scenario, ClusterSpec, RunOptions, Shape};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// Nodes in the mesh (events on the first, clients on the others)
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Jobs emitting playbook events
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// Viewers per job, spread over the non-emitting nodes
+    #[arg(long, default_value_t = 10)]
+    pub viewers: usize,
+    /// Clients on jobs-status_changed
+    #[arg(long, default_value_t = 0)]
+    pub watchers: usize,
+    /// A status change every this many job events (0: none)
+    #[arg(long, default_value_t = 0)]
+    pub status_every: u64,
+    /// Backplane protocol: native (batched) or awx-2022 (AWX's JSON per event)
+    #[arg(long, default_value = "native", value_parser = ["native", "awx-2022"])]
+    pub peer_protocol: String,
+    #[command(flatten)]
+    pub run: RunOptions,
+}
+
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    let shape = Shape {
+        jobs: opts.jobs,
+        viewers: opts.viewers,
+        watchers: opts.watchers,
+        status_every: opts.status_every,
+    };
+    let mut run = opts.run.clone();
+    run.cluster = Some(ClusterSpec {
+        nodes: opts.nodes,
+        protocol: opts.peer_protocol.clone(),
+    });
+    run_scenario("cluster", shape, &run, 20_000)
+}
