@@ -469,7 +469,8 @@ async fn awx_header_from_python_is_accepted_and_bad_ones_get_403() {
     assert_eq!(inner, serde_json::from_str::<Value>(payload).unwrap());
     awx.close(None).await.unwrap();
 
-    let refusals: [(fn(u64) -> String, &str); 5] = [
+    type HeaderAt = fn(u64) -> String;
+    let refusals: [(HeaderAt, &str); 5] = [
         (|_| python_header("another-secret", None), "bad_digest"),
         (
             |_| "HMAC-SHA256 not-a-valid-header".to_owned(),
