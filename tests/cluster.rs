@@ -411,6 +411,20 @@ print(f"HMAC-SHA256 {nonce}:{digest}")
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
+/// The next text message on a peer link (pings skipped), as JSON.
+async fn next_peer_json(ws: &mut Ws) -> Value {
+    loop {
+        let m = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a message in time")
+            .expect("link open")
+            .expect("a frame");
+        if let Message::Text(t) = m {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
 /// Waits, if needed, until early in a second, and returns that second.
 async fn start_of_a_second() -> u64 {
     let t = std::time::SystemTime::now()
@@ -452,18 +466,7 @@ async fn awx_header_from_python_is_accepted_and_bad_ones_get_403() {
     .await;
     let payload = r#"{"stdout":"\u001b[0;32mok: [host]\u001b[0m","counter":1}"#;
     emit_one(a.addr, "job_events-3", payload).await;
-    let msg = loop {
-        match tokio::time::timeout(WAIT, awx.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-        {
-            Message::Text(t) => break t,
-            _ => continue,
-        }
-    };
-    let v: Value = serde_json::from_str(&msg).unwrap();
+    let v = next_peer_json(&mut awx).await;
     assert_eq!(v["group"], "job_events-3");
     let inner: Value = serde_json::from_str(v["message"].as_str().unwrap()).unwrap();
     assert_eq!(inner, serde_json::from_str::<Value>(payload).unwrap());
@@ -625,32 +628,14 @@ async fn relay_endpoint_speaks_awx_2022() {
     let mut awx = dial_with_header(a.addr, "/websocket/relay/", &python_header(BACKPLANE, None))
         .await
         .expect("accepted");
-    let sub: Value = loop {
-        if let Message::Text(t) = tokio::time::timeout(WAIT, awx.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-        {
-            break serde_json::from_str(&t).unwrap();
-        }
-    };
+    let sub = next_peer_json(&mut awx).await;
     assert_eq!(sub["type"], "consumer.subscribe");
     assert_eq!(sub["groups"], json!(["job_events-9"]));
     let text = json!({"group": "job_events-9", "message": {"type": "internal.message", "text": "{\"counter\": 5}"}});
     awx.send(Message::Text(text.to_string())).await.unwrap();
     assert_eq!(next_json(&mut on_a).await, json!({"counter": 5}));
     subscribe(&mut on_a, groups(&[])).await;
-    let unsub: Value = loop {
-        if let Message::Text(t) = tokio::time::timeout(WAIT, awx.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-        {
-            break serde_json::from_str(&t).unwrap();
-        }
-    };
+    let unsub = next_peer_json(&mut awx).await;
     assert_eq!(unsub["type"], "consumer.unsubscribe");
     assert_eq!(unsub["groups"], json!(["job_events-9"]));
 }

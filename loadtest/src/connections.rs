@@ -33,6 +33,11 @@ pub struct Options {
     /// Write the JSON report here as well
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// What to load: wsrelay, or the AWX reference reproduction (daphne +
+    /// channels + channels_redis; probe events then go through
+    /// channels_redis as AWX's producers send them)
+    #[arg(long, default_value = "wsrelay", value_parser = ["wsrelay", "awx-reference"])]
+    pub target: String,
 }
 
 /// Clients per source address (under the ~28k ephemeral ports of one).
@@ -57,8 +62,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let local = tokio::task::LocalSet::new();
     let report = local.block_on(&rt, measure(opts))?;
     println!(
-        "\nconnections: {} clients over {} groups, node with {} worker(s) on {}",
-        opts.clients, opts.groups, opts.workers, opts.io
+        "\nconnections: {} clients over {} groups, {} ({} worker(s), {})",
+        opts.clients, opts.groups, opts.target, opts.workers, report["io"]
     );
     println!(
         "connected in {:.1} s; node RSS {:.1} MiB idle -> {:.1} MiB; {:.0} bytes per connection; {} of {} probe events delivered",
@@ -96,12 +101,23 @@ fn raise_fd_limit(want: u64) -> anyhow::Result<()> {
 }
 
 async fn measure(opts: &Options) -> anyhow::Result<serde_json::Value> {
-    let node = node::start(
-        &opts.io,
-        opts.workers,
-        &["--max-connections", &(opts.clients + 1000).to_string()],
-    )
-    .await?;
+    let reference = opts.target == "awx-reference";
+    let redis = if reference {
+        Some(node::RedisServer::start()?)
+    } else {
+        None
+    };
+    let node = match &redis {
+        Some(r) => node::start_awx_reference(&r.url()).await?,
+        None => {
+            node::start(
+                &opts.io,
+                opts.workers,
+                &["--max-connections", &(opts.clients + 1000).to_string()],
+            )
+            .await?
+        }
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = node::rss_bytes(node.pid).context("node RSS")?;
     let exp = stamp::now_ns() / 1_000_000_000 + 86_400;
@@ -149,10 +165,20 @@ async fn measure(opts: &Options) -> anyhow::Result<serde_json::Value> {
             )
         })
         .collect();
-    let url = format!("http://{}", node.addr);
-    let emitted =
-        tokio::task::spawn_blocking(move || wsrelay::producer::http(&url, node::EMIT_KEY, &events))
-            .await??;
+    let emitted = match &redis {
+        Some(r) => {
+            let mut sender = crate::layer::GroupSender::connect(&r.url()).await?;
+            sender.send(&events).await?;
+            events.len() as u64
+        }
+        None => {
+            let url = format!("http://{}", node.addr);
+            tokio::task::spawn_blocking(move || {
+                wsrelay::producer::http(&url, node::EMIT_KEY, &events)
+            })
+            .await??
+        }
+    };
     anyhow::ensure!(
         emitted == opts.groups as u64,
         "emit accepted {emitted} of {}",
@@ -170,7 +196,8 @@ async fn measure(opts: &Options) -> anyhow::Result<serde_json::Value> {
     }
     Ok(serde_json::json!({
         "scenario": "connections",
-        "io": opts.io,
+        "target": opts.target,
+        "io": if reference { "daphne" } else { opts.io.as_str() },
         "workers": opts.workers,
         "clients": opts.clients,
         "groups": opts.groups,

@@ -178,6 +178,7 @@ fn connections_are_all_live_and_memory_is_reported() {
     );
     for key in [
         "scenario",
+        "target",
         "io",
         "workers",
         "clients",
@@ -193,6 +194,28 @@ fn connections_are_all_live_and_memory_is_reported() {
     }
     assert_eq!(report["probe_received"], 300, "{report}");
     assert!(report["rss_connected_bytes"].as_u64() >= report["rss_idle_bytes"].as_u64());
+}
+
+#[test]
+fn connections_against_the_awx_reference_are_all_live() {
+    let report = run(
+        "connections-ref",
+        &[
+            "connections",
+            "--clients",
+            "60",
+            "--groups",
+            "6",
+            "--concurrency",
+            "16",
+            "--target",
+            "awx-reference",
+        ],
+    );
+    assert_eq!(report["target"], "awx-reference", "{report}");
+    assert_eq!(report["io"], "daphne", "{report}");
+    // Every probe went through channels_redis to the right client.
+    assert_eq!(report["probe_received"], 60, "{report}");
 }
 
 #[test]

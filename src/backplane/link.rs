@@ -297,17 +297,40 @@ async fn run_link(ctx: Arc<LinkCtx>, spec: PeerSpec, mut cancel: watch::Receiver
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// An upgraded link: the halves, what was read past the response head,
-/// and a masking-key source.
-struct Conn {
+/// An upgraded link's receiving side: the read half, what was read past
+/// the response head, and the frame decoder.
+struct Reader {
     rd: ReadHalf<Box<dyn Io>>,
-    wr: WriteHalf<Box<dyn Io>>,
     buf: BytesMut,
     decoder: Decoder,
+}
+
+/// An upgraded link's sending side: client frames are masked, each with a
+/// fresh key.
+struct Writer {
+    wr: WriteHalf<Box<dyn Io>>,
     mask_seed: u32,
 }
 
-async fn dial(ctx: &LinkCtx, spec: &PeerSpec) -> Result<Conn, LinkError> {
+impl Writer {
+    fn key(&mut self) -> [u8; 4] {
+        // xorshift: masking keys need to vary, not to be secret from us.
+        self.mask_seed ^= self.mask_seed << 13;
+        self.mask_seed ^= self.mask_seed >> 17;
+        self.mask_seed ^= self.mask_seed << 5;
+        self.mask_seed.to_ne_bytes()
+    }
+
+    /// Frames, masks and writes one message.
+    async fn send(&mut self, op: u8, payload: &[u8]) -> io::Result<usize> {
+        let key = self.key();
+        let f = frame::client::frame(op, true, payload, key);
+        self.wr.write_all(&f).await?;
+        Ok(f.len())
+    }
+}
+
+async fn dial(ctx: &LinkCtx, spec: &PeerSpec) -> Result<(Reader, Writer), LinkError> {
     let tcp = TcpStream::connect((spec.host.as_str(), spec.port))
         .await
         .map_err(LinkError::Connect)?;
@@ -387,29 +410,29 @@ async fn dial(ctx: &LinkCtx, spec: &PeerSpec) -> Result<Conn, LinkError> {
     }
     let _ = buf.split_to(end);
     let (rd, wr) = tokio::io::split(io);
-    Ok(Conn {
-        rd,
-        wr,
-        buf,
-        decoder: Decoder::new(Role::Client, ctx.settings.max_message),
-        mask_seed: rand::random::<u32>() | 1,
-    })
+    Ok((
+        Reader {
+            rd,
+            buf,
+            decoder: Decoder::new(Role::Client, ctx.settings.max_message),
+        },
+        Writer {
+            wr,
+            mask_seed: rand::random::<u32>() | 1,
+        },
+    ))
 }
 
 /// Reads the next message, answering nothing itself.
-async fn next_message(
-    rd: &mut ReadHalf<Box<dyn Io>>,
-    buf: &mut BytesMut,
-    decoder: &mut Decoder,
-) -> Result<Message, LinkError> {
+async fn next_message(r: &mut Reader) -> Result<Message, LinkError> {
     loop {
-        if let Some(m) = decoder.decode(buf)? {
+        if let Some(m) = r.decoder.decode(&mut r.buf)? {
             return Ok(m);
         }
-        if buf.capacity() - buf.len() < 16 * 1024 {
-            buf.reserve(64 * 1024);
+        if r.buf.capacity() - r.buf.len() < 16 * 1024 {
+            r.buf.reserve(64 * 1024);
         }
-        if rd.read_buf(buf).await? == 0 {
+        if r.rd.read_buf(&mut r.buf).await? == 0 {
             return Err(LinkError::Closed(1006, "connection lost".into()));
         }
     }
@@ -430,9 +453,7 @@ type Shared = std::cell::RefCell<Outgoing>;
 /// Pings are answered via the writer; silence past three ping intervals
 /// ends the link.
 async fn read_loop<F, Fut>(
-    rd: &mut ReadHalf<Box<dyn Io>>,
-    buf: &mut BytesMut,
-    decoder: &mut Decoder,
+    r: &mut Reader,
     out: &Shared,
     wake: &dyn Fn(),
     ping_interval: Duration,
@@ -447,7 +468,7 @@ where
     loop {
         let msg = match timeout(
             ping_at.saturating_duration_since(Instant::now()),
-            next_message(rd, buf, decoder),
+            next_message(r),
         )
         .await
         {
@@ -456,7 +477,7 @@ where
                 // Quiet for a ping interval: ping, and give up after three.
                 out.borrow_mut().ping = true;
                 wake();
-                match timeout(dead_after, next_message(rd, buf, decoder)).await {
+                match timeout(dead_after, next_message(r)).await {
                     Ok(m) => m?,
                     Err(_) => return Err(LinkError::Dead(dead_after)),
                 }
@@ -476,11 +497,7 @@ where
 }
 
 /// Writes the control frames waiting in `out`.
-async fn write_control(
-    wr: &mut WriteHalf<Box<dyn Io>>,
-    out: &Shared,
-    key: &mut dyn FnMut() -> [u8; 4],
-) -> Result<(), LinkError> {
+async fn write_control(w: &mut Writer, out: &Shared) -> Result<(), LinkError> {
     let (pong, ping, ack, texts) = {
         let mut o = out.borrow_mut();
         (
@@ -491,20 +508,16 @@ async fn write_control(
         )
     };
     if let Some(p) = pong {
-        wr.write_all(&frame::client::pong_frame(&p, key())).await?;
+        w.send(opcode::PONG, &p).await?;
     }
     if ping {
-        wr.write_all(&frame::client::frame(opcode::PING, true, b"", key()))
-            .await?;
+        w.send(opcode::PING, b"").await?;
     }
     if let Some(epoch) = ack {
-        let m = wire::interest_ack(epoch);
-        wr.write_all(&frame::client::frame(opcode::BINARY, true, &m, key()))
-            .await?;
+        w.send(opcode::BINARY, &wire::interest_ack(epoch)).await?;
     }
     for t in texts {
-        wr.write_all(&frame::client::text_frame(t.as_bytes(), key()))
-            .await?;
+        w.send(opcode::TEXT, t.as_bytes()).await?;
     }
     Ok(())
 }
@@ -513,32 +526,16 @@ async fn write_control(
 
 async fn native(
     ctx: &LinkCtx,
-    conn: Conn,
+    conn: (Reader, Writer),
     sink: &Arc<Sink>,
     m: &LinkMetrics,
 ) -> Result<(), LinkError> {
-    let Conn {
-        mut rd,
-        mut wr,
-        mut buf,
-        mut decoder,
-        mut mask_seed,
-    } = conn;
-    let mut key = move || {
-        mask_seed ^= mask_seed << 13;
-        mask_seed ^= mask_seed >> 17;
-        mask_seed ^= mask_seed << 5;
-        mask_seed.to_ne_bytes()
-    };
+    let (mut r, mut w) = conn;
     let hello = wire::hello(&ctx.bp.node_id, ctx.bp.incarnation);
-    wr.write_all(&frame::client::frame(opcode::BINARY, true, &hello, key()))
-        .await?;
-    let welcome = timeout(
-        ctx.settings.connect_timeout,
-        next_message(&mut rd, &mut buf, &mut decoder),
-    )
-    .await
-    .map_err(|_| LinkError::Protocol("no welcome"))??;
+    w.send(opcode::BINARY, &hello).await?;
+    let welcome = timeout(ctx.settings.connect_timeout, next_message(&mut r))
+        .await
+        .map_err(|_| LinkError::Protocol("no welcome"))??;
     let Message::Binary(welcome) = welcome else {
         return Err(LinkError::Protocol("expected a welcome"));
     };
@@ -551,40 +548,32 @@ async fn native(
 
     let out = Shared::default();
     let wake = || sink.wake();
-    let reader = read_loop(
-        &mut rd,
-        &mut buf,
-        &mut decoder,
-        &out,
-        &wake,
-        ctx.settings.ping_interval,
-        |msg| {
-            let r = match msg {
-                Message::Binary(b) => match wire::decode(&b) {
-                    Ok(PeerMessage::Interest {
-                        epoch,
-                        full,
-                        added,
-                        removed,
-                    }) => {
-                        ctx.bp.set_interest(sink, full, &added, &removed);
-                        out.borrow_mut().interest_ack = Some(epoch);
-                        sink.wake();
-                        Ok(())
-                    }
-                    Ok(PeerMessage::Ack { seq }) => {
-                        sink.ack(seq);
-                        m.resend_depth.set(sink.depth() as i64);
-                        Ok(())
-                    }
-                    Ok(_) => Err(LinkError::Protocol("unexpected message from receiver")),
-                    Err(e) => Err(e.into()),
-                },
-                _ => Err(LinkError::Protocol("text frame on a native link")),
-            };
-            std::future::ready(r)
-        },
-    );
+    let reader = read_loop(&mut r, &out, &wake, ctx.settings.ping_interval, |msg| {
+        let r = match msg {
+            Message::Binary(b) => match wire::decode(&b) {
+                Ok(PeerMessage::Interest {
+                    epoch,
+                    full,
+                    added,
+                    removed,
+                }) => {
+                    ctx.bp.set_interest(sink, full, &added, &removed);
+                    out.borrow_mut().interest_ack = Some(epoch);
+                    sink.wake();
+                    Ok(())
+                }
+                Ok(PeerMessage::Ack { seq }) => {
+                    sink.ack(seq);
+                    m.resend_depth.set(sink.depth() as i64);
+                    Ok(())
+                }
+                Ok(_) => Err(LinkError::Protocol("unexpected message from receiver")),
+                Err(e) => Err(e.into()),
+            },
+            _ => Err(LinkError::Protocol("text frame on a native link")),
+        };
+        std::future::ready(r)
+    });
     let writer = async {
         let mut batch: Vec<Pending> = Vec::new();
         let mut scratch = BytesMut::new();
@@ -592,7 +581,7 @@ async fn native(
             if !sink.has_unsent() {
                 sink.ready().await;
             }
-            write_control(&mut wr, &out, &mut key).await?;
+            write_control(&mut w, &out).await?;
             if !sink.has_unsent() {
                 continue;
             }
@@ -608,15 +597,15 @@ async fn native(
                     ctx.settings.batch_bytes,
                 );
                 let Some(first) = batch.first() else { break };
-                let mut w =
+                let mut events =
                     EventsWriter::start(std::mem::take(&mut scratch), MAX_HEADER, first.seq);
                 for p in &batch {
-                    w.push(&p.group, &p.payload);
+                    events.push(&p.group, &p.payload);
                 }
-                let n = w.count() as u64;
-                let (body, _) = w.finish();
-                let framed = frame::client::frame_in_place(body, opcode::BINARY, key());
-                wr.write_all(&framed).await?;
+                let n = events.count() as u64;
+                let (body, _) = events.finish();
+                let framed = frame::client::frame_in_place(body, opcode::BINARY, w.key());
+                w.wr.write_all(&framed).await?;
                 m.events_sent.inc_by(n);
                 m.bytes_sent.inc_by(framed.len() as u64);
                 m.batch_events.observe(n as f64);
@@ -647,23 +636,11 @@ fn count_sink(sink: &Sink, m: &LinkMetrics) {
 
 async fn awx_relay(
     ctx: &LinkCtx,
-    conn: Conn,
+    conn: (Reader, Writer),
     sink: &Arc<Sink>,
     m: &LinkMetrics,
 ) -> Result<(), LinkError> {
-    let Conn {
-        mut rd,
-        mut wr,
-        mut buf,
-        mut decoder,
-        mut mask_seed,
-    } = conn;
-    let mut key = move || {
-        mask_seed ^= mask_seed << 13;
-        mask_seed ^= mask_seed >> 17;
-        mask_seed ^= mask_seed << 5;
-        mask_seed.to_ne_bytes()
-    };
+    let (mut r, mut w) = conn;
     // AWX loses what was sent while its link was down, and its relay sends
     // the whole subscription again on connect: start from an empty set.
     ctx.bp.set_interest(sink, true, &[], &[]);
@@ -671,41 +648,33 @@ async fn awx_relay(
     count_sink(sink, m);
     let out = Shared::default();
     let wake = || sink.wake();
-    let reader = read_loop(
-        &mut rd,
-        &mut buf,
-        &mut decoder,
-        &out,
-        &wake,
-        ctx.settings.ping_interval,
-        |msg| {
-            if let Message::Text(t) = msg {
-                match awx::decode_consumer(&t) {
-                    Ok(Some(change)) => {
-                        let groups: Vec<&str> = change.groups.iter().map(String::as_str).collect();
-                        if change.subscribe {
-                            ctx.bp.set_interest(sink, false, &groups, &[]);
-                        } else {
-                            ctx.bp.set_interest(sink, false, &[], &groups);
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        m.skipped.inc();
-                        tracing::debug!(peer = sink.label, error = %e, "unreadable AWX message");
+    let reader = read_loop(&mut r, &out, &wake, ctx.settings.ping_interval, |msg| {
+        if let Message::Text(t) = msg {
+            match awx::decode_consumer(&t) {
+                Ok(Some(change)) => {
+                    let groups: Vec<&str> = change.groups.iter().map(String::as_str).collect();
+                    if change.subscribe {
+                        ctx.bp.set_interest(sink, false, &groups, &[]);
+                    } else {
+                        ctx.bp.set_interest(sink, false, &[], &groups);
                     }
                 }
+                Ok(None) => {}
+                Err(e) => {
+                    m.skipped.inc();
+                    tracing::debug!(peer = sink.label, error = %e, "unreadable AWX message");
+                }
             }
-            std::future::ready(Ok(()))
-        },
-    );
+        }
+        std::future::ready(Ok(()))
+    });
     let writer = async {
         let mut batch: Vec<Pending> = Vec::new();
         loop {
             if !sink.has_unsent() {
                 sink.ready().await;
             }
-            write_control(&mut wr, &out, &mut key).await?;
+            write_control(&mut w, &out).await?;
             while sink.has_unsent() {
                 batch.clear();
                 sink.take(
@@ -716,9 +685,7 @@ async fn awx_relay(
                 let mut bytes = 0;
                 for p in &batch {
                     let text = awx::relay_envelope(&p.group, &p.payload);
-                    let f = frame::client::frame(opcode::TEXT, true, &text, key());
-                    bytes += f.len();
-                    wr.write_all(&f).await?;
+                    bytes += w.send(opcode::TEXT, &text).await?;
                 }
                 sink.ack_sent();
                 m.events_sent.inc_by(batch.len() as u64);
@@ -740,66 +707,46 @@ async fn awx_relay(
 
 async fn awx_broadcast(
     ctx: &LinkCtx,
-    conn: Conn,
+    conn: (Reader, Writer),
     spec: &PeerSpec,
     m: &LinkMetrics,
 ) -> Result<(), LinkError> {
-    let Conn {
-        mut rd,
-        mut wr,
-        mut buf,
-        mut decoder,
-        mut mask_seed,
-    } = conn;
-    let mut key = move || {
-        mask_seed ^= mask_seed << 13;
-        mask_seed ^= mask_seed >> 17;
-        mask_seed ^= mask_seed << 5;
-        mask_seed.to_ne_bytes()
-    };
+    let (mut r, mut w) = conn;
     ctx.bp.stats.connected(&spec.host, unix_now());
     let out = Shared::default();
     let ready = tokio::sync::Notify::new();
     let wake = || ready.notify_one();
-    let reader = read_loop(
-        &mut rd,
-        &mut buf,
-        &mut decoder,
-        &out,
-        &wake,
-        ctx.settings.ping_interval,
-        |msg| {
-            let router = ctx.router.clone();
-            let bp = ctx.bp.clone();
-            let host = spec.host.clone();
-            let m = m.clone();
-            async move {
-                let Message::Text(t) = msg else {
-                    return Ok(());
-                };
-                match awx::decode_event(&t) {
-                    Ok(e) => {
-                        m.events_received.inc();
-                        m.bytes_received.inc_by(t.len() as u64);
-                        bp.stats.received(&host, 1, unix_now());
-                        router
-                            .route_from_peer([(e.group.as_str(), e.payload.as_bytes())])
-                            .await
-                            .map_err(|_| LinkError::Stopping)?;
-                    }
-                    Err(e) => {
-                        m.skipped.inc();
-                        tracing::debug!(peer = host, error = %e, "unreadable AWX event");
-                    }
+    let reader = read_loop(&mut r, &out, &wake, ctx.settings.ping_interval, |msg| {
+        let router = ctx.router.clone();
+        let bp = ctx.bp.clone();
+        let host = spec.host.clone();
+        let m = m.clone();
+        async move {
+            let Message::Text(t) = msg else {
+                return Ok(());
+            };
+            match awx::decode_event(&t) {
+                Ok(e) => {
+                    m.events_received.inc();
+                    m.bytes_received.inc_by(t.len() as u64);
+                    bp.stats.received(&host, 1, unix_now());
+                    router
+                        .route_from_peer([(e.group.as_str(), e.payload.as_bytes())])
+                        .await
+                        .map_err(|_| LinkError::Stopping)?;
                 }
-                Ok(())
+                Err(e) => {
+                    m.skipped.inc();
+                    tracing::debug!(peer = host, error = %e, "unreadable AWX event");
+                }
             }
-        },
-    );
+            Ok(())
+        }
+    });
     let writer = async {
         loop {
             ready.notified().await;
-            write_control(&mut wr, &out, &mut key).await?;
+            write_control(&mut w, &out).await?;
         }
         #[allow(unreachable_code)]
         Ok::<(), LinkError>(())

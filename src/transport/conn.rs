@@ -56,7 +56,9 @@ async fn serve_requests<S: Stream>(worker: Rc<Worker>, stream: &S) {
                 return;
             }
             (_, "/websocket/broadcast/" | "/websocket/relay/") if head.is_upgrade() => {
-                super::peer::run(worker, stream, head, buf).await;
+                // Boxed: a peer link's state is large and links are few;
+                // inline, it would size every client connection's task.
+                Box::pin(super::peer::run(worker, stream, head, buf)).await;
                 return;
             }
             (
