@@ -316,7 +316,12 @@ pub async fn start_awx_reference(redis_url: &str) -> anyhow::Result<NodeProcess>
         .env("AWX_REF_REDIS", redis_url)
         .env("PYTHONPATH", root.join("awx_reference"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        // LOADTEST_REF_STDERR=1 shows daphne's log (its errors included).
+        .stderr(if std::env::var_os("LOADTEST_REF_STDERR").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .kill_on_drop(true)
         .spawn()
         .context("starting daphne")?;
