@@ -9,7 +9,8 @@
 //! - `transport`: worker threads, sockets, the per-connection state
 //!   machines.
 //! - [`ingest`]: producers (in-process, HTTP, channels_redis, Redis Stream).
-//! - [`backplane`]: node-to-node links (so far: AWX's secret header).
+//! - [`backplane`]: node-to-node links: the native peer protocol and
+//!   AWX's forms (I/O-free parts), and the thread that dials peers.
 //! - [`auth`], [`config`], [`metrics`]: boundaries and plain data.
 //! - [`server`]: the one place that wires the parts together.
 //! - [`client`], [`demo`], [`producer`], [`payload`]: a light websocket
