@@ -1,6 +1,8 @@
-//! `wsrelay demo`: a node plus a simulated playbook storm in one process.
-//! Real websocket clients connect over loopback, subscribe the way the AWX
-//! UI does, and measure what they receive; the figures print every second.
+//! `wsrelay demo`: a local cluster (three nodes by default, linked by the
+//! backplane) plus a simulated playbook storm, in one process. Events are
+//! emitted on the first node; real websocket clients spread over all nodes
+//! connect over loopback, subscribe the way the AWX UI does, and measure
+//! what they receive; the figures print every second.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::auth::mint_hs256;
+use crate::backplane::PeerSpec;
 use crate::client::Client;
 use crate::config::Config;
 use crate::payload;
@@ -36,9 +39,12 @@ pub struct DemoOptions {
     /// Stop after this many seconds (default: run until Ctrl-C)
     #[arg(long)]
     pub duration: Option<u64>,
-    /// Worker threads of the node (0: one per core)
+    /// Worker threads per node (0: one per core)
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
+    /// Nodes in the local cluster (1: a single node, no backplane)
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
     /// Print nothing while running (for tests)
     #[arg(long)]
     pub quiet: bool,
@@ -54,6 +60,7 @@ impl Default for DemoOptions {
             status_every: 100,
             duration: None,
             workers: 0,
+            nodes: 3,
             quiet: false,
         }
     }
@@ -80,21 +87,74 @@ impl Summary {
 
 /// Runs the demo until `duration` or Ctrl-C.
 pub fn run(opts: &DemoOptions) -> anyhow::Result<Summary> {
-    let secret: [u8; 32] = rand::random();
-    let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    let node = Node::start(Config {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        workers: opts.workers,
-        jwt_secret: Some(secret.clone()),
-        ..Config::default()
-    })?;
+    let hex = |b: [u8; 32]| -> String { b.iter().map(|b| format!("{b:02x}")).collect() };
+    let secret = hex(rand::random());
+    let backplane = hex(rand::random());
+    let nodes = (0..opts.nodes.max(1))
+        .map(|i| {
+            Node::start(Config {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                workers: opts.workers,
+                jwt_secret: Some(secret.clone()),
+                node_id: format!("demo-{i}"),
+                backplane_secret: Some(backplane.clone()),
+                ..Config::default()
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // A full mesh: every node dials every other.
+    for n in &nodes {
+        let peers = nodes
+            .iter()
+            .filter(|o| o.local_addr() != n.local_addr())
+            .map(|o| PeerSpec::parse(&format!("ws://{}", o.local_addr())))
+            .collect::<Result<Vec<_>, _>>()?;
+        n.set_peers(peers);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
-    let summary = local.block_on(&rt, storm(&node, opts, secret.as_bytes()));
-    node.shutdown();
+    let summary = local.block_on(&rt, async {
+        linked(&nodes).await?;
+        storm(&nodes, opts, secret.as_bytes()).await
+    });
+    // Unlink first, so no node sees its peers vanish and redials them.
+    for n in &nodes {
+        n.set_peers(Vec::new());
+    }
+    for n in nodes {
+        n.shutdown();
+    }
     summary
+}
+
+/// Waits until every node has a link from every other (bounded).
+async fn linked(nodes: &[Node]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for n in nodes {
+        loop {
+            let up = n
+                .metrics()
+                .render()
+                .lines()
+                .filter(|l| {
+                    l.starts_with("wsrelay_backplane_link_up{")
+                        && l.contains("direction=\"in\"")
+                        && l.ends_with(" 1")
+                })
+                .count();
+            if up + 1 >= nodes.len() {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the demo's nodes did not link up"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
 }
 
 struct Tally {
@@ -104,8 +164,9 @@ struct Tally {
     total: RefCell<Histogram<u64>>,
 }
 
-async fn storm(node: &Node, opts: &DemoOptions, secret: &[u8]) -> anyhow::Result<Summary> {
-    let addr = node.local_addr();
+async fn storm(nodes: &[Node], opts: &DemoOptions, secret: &[u8]) -> anyhow::Result<Summary> {
+    let node = &nodes[0];
+    let addrs: Vec<SocketAddr> = nodes.iter().map(Node::local_addr).collect();
     let start = Instant::now();
     let tally = Rc::new(Tally {
         received: Cell::new(0),
@@ -133,6 +194,7 @@ async fn storm(node: &Node, opts: &DemoOptions, secret: &[u8]) -> anyhow::Result
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         ready.push(rx);
+        let addr = addrs[i % addrs.len()];
         tokio::task::spawn_local(viewer(addr, token, groups, tally.clone(), tx));
     }
     for rx in ready {
@@ -140,7 +202,13 @@ async fn storm(node: &Node, opts: &DemoOptions, secret: &[u8]) -> anyhow::Result
     }
 
     let emitter = node.emitter();
-    let metrics = node.metrics().clone();
+    let dropped = || nodes.iter().map(|n| n.metrics().dropped.get()).sum::<u64>();
+    let clients = || {
+        nodes
+            .iter()
+            .map(|n| n.metrics().total_connections())
+            .sum::<i64>()
+    };
     let deadline = opts.duration.map(|s| start + Duration::from_secs(s));
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -151,8 +219,13 @@ async fn storm(node: &Node, opts: &DemoOptions, secret: &[u8]) -> anyhow::Result
     let mut last_report = (Instant::now(), 0u64, 0u64);
     if !opts.quiet {
         println!(
-            "wsrelay demo: node on {addr}, {} jobs x {} viewers + {} status watchers, {} events/s",
-            opts.jobs, opts.viewers, opts.watchers, opts.rate
+            "wsrelay demo: {} node(s) on {addrs:?} (events emitted on the first; clients spread over all), \
+             {} jobs x {} viewers + {} status watchers, {} events/s",
+            nodes.len(),
+            opts.jobs,
+            opts.viewers,
+            opts.watchers,
+            opts.rate
         );
     }
     loop {
@@ -204,8 +277,8 @@ async fn storm(node: &Node, opts: &DemoOptions, secret: &[u8]) -> anyhow::Result
                 (received - last_report.2) as f64 / secs,
                 window.value_at_quantile(0.5) as f64 / 1000.0,
                 window.value_at_quantile(0.99) as f64 / 1000.0,
-                metrics.dropped.get(),
-                metrics.total_connections(),
+                dropped(),
+                clients(),
             );
             window.reset();
             last_report = (now, sent, received);
@@ -222,7 +295,7 @@ async fn storm(node: &Node, opts: &DemoOptions, secret: &[u8]) -> anyhow::Result
         expected_deliveries: expected,
         received: tally.received.get(),
         out_of_order: tally.out_of_order.get(),
-        server_dropped: metrics.dropped.get(),
+        server_dropped: dropped(),
         p50_us: total.value_at_quantile(0.5),
         p99_us: total.value_at_quantile(0.99),
         seconds: emit_start.elapsed().as_secs_f64(),

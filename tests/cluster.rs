@@ -880,3 +880,25 @@ async fn wss_peers_verify_certificates_unless_told_not_to() {
     .await;
     let _ = std::fs::remove_file(&ca);
 }
+
+// === the demo: the README's first command ===
+
+#[test]
+fn the_demo_runs_a_local_cluster_without_loss() {
+    let opts = wsrelay::demo::DemoOptions {
+        jobs: 4,
+        viewers: 3,
+        watchers: 3,
+        rate: 2_000,
+        duration: Some(2),
+        workers: 1,
+        nodes: 3,
+        quiet: true,
+        ..Default::default()
+    };
+    let s = wsrelay::demo::run(&opts).expect("demo runs");
+    assert!(s.events > 0 && s.received > 0, "{s:?}");
+    assert_eq!(s.lost(), 0, "{s:?}");
+    assert_eq!(s.out_of_order, 0, "{s:?}");
+    assert_eq!(s.server_dropped, 0, "{s:?}");
+}
