@@ -725,21 +725,9 @@ async fn awx_broadcast(
             let Message::Text(t) = msg else {
                 return Ok(());
             };
-            match awx::decode_event(&t) {
-                Ok(e) => {
-                    m.events_received.inc();
-                    m.bytes_received.inc_by(t.len() as u64);
-                    bp.stats.received(&host, 1, unix_now());
-                    router
-                        .route_from_peer([(e.group.as_str(), e.payload.as_bytes())])
-                        .await
-                        .map_err(|_| LinkError::Stopping)?;
-                }
-                Err(e) => {
-                    m.skipped.inc();
-                    tracing::debug!(peer = host, error = %e, "unreadable AWX event");
-                }
-            }
+            super::receive_awx_event(&bp, &router, &m, &host, &t)
+                .await
+                .map_err(|_| LinkError::Stopping)?;
             Ok(())
         }
     });

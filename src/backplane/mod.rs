@@ -26,8 +26,8 @@ use tokio::sync::watch;
 pub use outbox::{Interest, Outbox, Sink, SinkLimits};
 pub use peer::{PeerProtocol, PeerSpec};
 
-use crate::fanout::{RouteDelta, Routes, PEERS};
-use crate::metrics::Metrics;
+use crate::fanout::{RouteDelta, RouteError, Router, Routes, PEERS};
+use crate::metrics::{LinkMetrics, Metrics};
 
 /// What one sending node has delivered here.
 #[derive(Debug, Clone, Copy)]
@@ -242,6 +242,34 @@ impl Backplane {
             }
         }
     }
+}
+
+/// One event an AWX peer pushed (either era's envelope): counted, recorded
+/// for AWX's stats under `remote`, and delivered here only. An envelope
+/// that cannot be read is counted and skipped; the link goes on, as AWX's
+/// does.
+pub async fn receive_awx_event(
+    bp: &Backplane,
+    router: &Router,
+    m: &LinkMetrics,
+    remote: &str,
+    text: &[u8],
+) -> Result<(), RouteError> {
+    match awx::decode_event(text) {
+        Ok(e) => {
+            m.events_received.inc();
+            m.bytes_received.inc_by(text.len() as u64);
+            bp.stats.received(remote, 1, link::unix_now());
+            router
+                .route_from_peer([(e.group.as_str(), e.payload.as_bytes())])
+                .await?;
+        }
+        Err(e) => {
+            m.skipped.inc();
+            tracing::debug!(peer = remote, error = %e, "unreadable AWX event");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

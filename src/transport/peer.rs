@@ -449,21 +449,9 @@ impl<S: Stream> Link<'_, S> {
                     let Message::Text(t) = msg else {
                         return Ok(());
                     };
-                    match awx::decode_event(&t) {
-                        Ok(e) => {
-                            m.events_received.inc();
-                            m.bytes_received.inc_by(t.len() as u64);
-                            self.bp.stats.received("awx-2022", 1, unix_now());
-                            ctx.router
-                                .route_from_peer([(e.group.as_str(), e.payload.as_bytes())])
-                                .await
-                                .map_err(|_| "node shutting down")?;
-                        }
-                        Err(e) => {
-                            m.skipped.inc();
-                            tracing::debug!(error = %e, "unreadable AWX relay message");
-                        }
-                    }
+                    crate::backplane::receive_awx_event(self.bp, &ctx.router, m, "awx-2022", &t)
+                        .await
+                        .map_err(|_| "node shutting down")?;
                     Ok(())
                 }
             });
