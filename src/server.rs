@@ -136,6 +136,7 @@ impl Node {
             link_settings,
             peers,
             ctx.config.redis.first().cloned(),
+            ctx.redis_ack.clone(),
         )
         .map_err(StartError::Backplane)?;
         tracing::info!(%addr, workers, io = io.name(), node = ctx.config.node_id, "wsrelay listening");

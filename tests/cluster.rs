@@ -189,19 +189,21 @@ async fn channels_redis_events_cross_the_backplane() {
     let b = cluster_node("b", |_| {});
     let c = cluster_node("c", |_| {});
     mesh(&[("a", &a), ("b", &b), ("c", &c)]).await;
+    let producer = support::redis::AwxEmitter::start("2022", &[redis.url()]);
     let mut on_b = connect(b.addr, &token(1)).await;
     subscribe(&mut on_b, groups(&["job_events-7"])).await;
     let mut on_c = connect(c.addr, &token(1)).await;
     subscribe(&mut on_c, groups(&["job_events-7"])).await;
-    // A registers the group in Redis for its peers' clients; a local
-    // client there too makes its subscribe reply wait for that membership.
-    let mut on_a = connect(a.addr, &token(1)).await;
-    subscribe(&mut on_a, groups(&["job_events-7"])).await;
+    // No client on A holds the group: A registers it in Redis for its
+    // peers' clients, before their subscribe replies (the interest
+    // acknowledgement waits for that membership).
     let events: Vec<Value> = (0..50)
         .map(|i| json!(["job_events-7", {"origin": "a", "group": "job_events-7", "seq": i}]))
         .collect();
-    support::redis::awx_emit("2022", &[redis.url()], &Value::Array(events));
-    for ws in [&mut on_a, &mut on_b, &mut on_c] {
+    // At once after the replies (the producer is already running): their
+    // wait covers A's Redis membership for the group.
+    producer.send(&Value::Array(events));
+    for ws in [&mut on_b, &mut on_c] {
         let got = collect(ws, 50).await;
         assert_exactly_once_in_order(&got, &["a"], 50);
     }

@@ -72,6 +72,8 @@ pub struct LinkSettings {
     pub limits: SinkLimits,
     pub max_message: usize,
     pub tls: Arc<rustls::ClientConfig>,
+    /// How long an interest acknowledgement waits for Redis memberships.
+    pub ack_timeout: Duration,
 }
 
 impl LinkSettings {
@@ -88,6 +90,7 @@ impl LinkSettings {
                 max_bytes: c.peer_buffer_bytes,
             },
             max_message: (c.peer_batch_bytes * 2).max(64 << 20),
+            ack_timeout: c.subscribe_ack_timeout,
             tls: Arc::new(tls_config(c)?),
         })
     }
@@ -102,13 +105,15 @@ pub struct Links {
 
 impl Links {
     /// Starts the backplane thread with `peers`, and the AWX stats writer
-    /// when `redis` is set.
+    /// when `redis` is set; `redis_ack` follows the Redis ingest's
+    /// memberships.
     pub fn spawn(
         bp: Arc<Backplane>,
         router: Arc<Router>,
         settings: LinkSettings,
         peers: Vec<PeerSpec>,
         redis: Option<String>,
+        redis_ack: Option<watch::Receiver<u64>>,
     ) -> io::Result<Links> {
         let (peers_tx, peers_rx) = watch::channel(peers);
         let (stop, stop_rx) = watch::channel(false);
@@ -125,6 +130,7 @@ impl Links {
                         bp,
                         router,
                         settings,
+                        redis_ack,
                     });
                     if let Some(url) = redis {
                         tokio::task::spawn_local(write_awx_stats(
@@ -167,6 +173,8 @@ struct LinkCtx {
     bp: Arc<Backplane>,
     router: Arc<Router>,
     settings: LinkSettings,
+    /// The routes epoch the Redis ingest has recorded; `None` without Redis.
+    redis_ack: Option<watch::Receiver<u64>>,
 }
 
 /// Keeps one task per configured peer, following the list.
@@ -548,32 +556,46 @@ async fn native(
 
     let out = Shared::default();
     let wake = || sink.wake();
-    let reader = read_loop(&mut r, &out, &wake, ctx.settings.ping_interval, |msg| {
-        let r = match msg {
-            Message::Binary(b) => match wire::decode(&b) {
-                Ok(PeerMessage::Interest {
+    let reader = read_loop(
+        &mut r,
+        &out,
+        &wake,
+        ctx.settings.ping_interval,
+        |msg| async {
+            let Message::Binary(b) = msg else {
+                return Err(LinkError::Protocol("text frame on a native link"));
+            };
+            match wire::decode(&b)? {
+                PeerMessage::Interest {
                     epoch,
                     full,
                     added,
                     removed,
-                }) => {
-                    ctx.bp.set_interest(sink, full, &added, &removed);
+                } => {
+                    let changed = ctx.bp.set_interest(sink, full, &added, &removed);
+                    // With Redis, "applied" includes this node's memberships
+                    // there: the peer's subscribe reply then also covers
+                    // events AWX's producers write here. Bounded.
+                    if let (Some(ours), Some(ack)) = (changed, &ctx.redis_ack) {
+                        let _ = timeout(
+                            ctx.settings.ack_timeout,
+                            ack.clone().wait_for(|e| *e >= ours),
+                        )
+                        .await;
+                    }
                     out.borrow_mut().interest_ack = Some(epoch);
                     sink.wake();
                     Ok(())
                 }
-                Ok(PeerMessage::Ack { seq }) => {
+                PeerMessage::Ack { seq } => {
                     sink.ack(seq);
                     m.resend_depth.set(sink.depth() as i64);
                     Ok(())
                 }
-                Ok(_) => Err(LinkError::Protocol("unexpected message from receiver")),
-                Err(e) => Err(e.into()),
-            },
-            _ => Err(LinkError::Protocol("text frame on a native link")),
-        };
-        std::future::ready(r)
-    });
+                _ => Err(LinkError::Protocol("unexpected message from receiver")),
+            }
+        },
+    );
     let writer = async {
         let mut batch: Vec<Pending> = Vec::new();
         let mut scratch = BytesMut::new();

@@ -99,9 +99,17 @@ impl Backplane {
     }
 
     /// Changes a link's interest, and the node's union of peer interest.
-    pub fn set_interest(&self, sink: &Sink, full: bool, added: &[&str], removed: &[&str]) {
+    /// Returns the routes epoch when the node's union of peer interest
+    /// changed (the Redis ingest follows that epoch).
+    pub fn set_interest(
+        &self,
+        sink: &Sink,
+        full: bool,
+        added: &[&str],
+        removed: &[&str],
+    ) -> Option<u64> {
         let (plus, minus) = sink.set_interest(full, added, removed);
-        self.peers_want(plus, minus);
+        self.peers_want(plus, minus)
     }
 
     /// A link is gone for good: its sink leaves the outbox and its groups
@@ -109,12 +117,12 @@ impl Backplane {
     pub fn drop_sink(&self, sink: &Arc<Sink>) {
         self.outbox.remove(sink);
         let (_, minus) = sink.set_interest(true, &[], &[]);
-        self.peers_want(Vec::new(), minus);
+        let _ = self.peers_want(Vec::new(), minus);
     }
 
-    fn peers_want(&self, plus: Vec<Arc<str>>, minus: Vec<Arc<str>>) {
+    fn peers_want(&self, plus: Vec<Arc<str>>, minus: Vec<Arc<str>>) -> Option<u64> {
         if plus.is_empty() && minus.is_empty() {
-            return;
+            return None;
         }
         let mut delta = RouteDelta::default();
         {
@@ -136,7 +144,7 @@ impl Backplane {
                 }
             }
         }
-        self.routes.apply(PEERS, &delta);
+        self.routes.apply(PEERS, &delta)
     }
 
     fn senders(&self) -> MutexGuard<'_, HashMap<String, FromPeer>> {

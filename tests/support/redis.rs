@@ -151,6 +151,42 @@ pub fn python() -> PathBuf {
     venv
 }
 
+/// A Python producer started ahead of time, its imports done, waiting for
+/// its events: `send` then emits within milliseconds, so a test can emit
+/// right after a subscribe reply.
+pub struct AwxEmitter(std::process::Child);
+
+impl AwxEmitter {
+    pub fn start(era: &str, urls: &[String]) -> Self {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/awx_emit.py");
+        let child = Command::new(python())
+            .arg(script)
+            .arg(era)
+            .args(urls)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Python's imports (channels_redis, redis) take a few hundred ms.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        AwxEmitter(child)
+    }
+
+    pub fn send(mut self, events: &serde_json::Value) -> Vec<String> {
+        let mut stdin = self.0.stdin.take().unwrap();
+        stdin.write_all(events.to_string().as_bytes()).unwrap();
+        drop(stdin);
+        let out = self.0.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "python: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
 /// Emits `events` ([group, payload] pairs) through the real channels_redis,
 /// AWX-style, in `era` ("2020" or "2022"); returns the texts sent.
 pub fn awx_emit(era: &str, urls: &[String], events: &serde_json::Value) -> Vec<String> {
