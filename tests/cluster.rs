@@ -904,3 +904,55 @@ fn the_demo_runs_a_local_cluster_without_loss() {
     assert_eq!(s.out_of_order, 0, "{s:?}");
     assert_eq!(s.server_dropped, 0, "{s:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_breaking_the_native_protocol_is_closed_with_1002_and_the_reason() {
+    let a = cluster_node("a", |_| {});
+    let hello = wsrelay::backplane::wire::hello("intruder-free", 7).to_vec();
+    for (messages, reason) in [
+        (
+            vec![Message::Binary(vec![0x55, 1, 2].into())],
+            "expected hello",
+        ),
+        (vec![Message::Text("hello".into())], "expected hello"),
+        (
+            vec![
+                Message::Binary(hello.clone().into()),
+                Message::Binary(vec![0x02, 0, 0].into()),
+            ],
+            "malformed peer message",
+        ),
+        (
+            vec![Message::Binary(hello.into()), Message::Text("{}".into())],
+            "text frame on a native link",
+        ),
+    ] {
+        let mut req = format!("ws://{}/websocket/broadcast/", a.addr)
+            .into_client_request()
+            .unwrap();
+        let h = req.headers_mut();
+        h.insert("secret", python_header(BACKPLANE, None).parse().unwrap());
+        h.insert("sec-websocket-protocol", "wsrelay.peer.v1".parse().unwrap());
+        let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+        assert_eq!(
+            resp.headers()["sec-websocket-protocol"],
+            "wsrelay.peer.v1",
+            "the native protocol was selected"
+        );
+        for m in messages {
+            ws.send(m).await.unwrap();
+        }
+        // After a hello the node first sends its welcome and interest.
+        let close = loop {
+            match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+                Some(Ok(Message::Close(Some(f)))) => break f,
+                Some(Ok(Message::Binary(_))) => continue,
+                other => panic!("expected a close, got {other:?}"),
+            }
+        };
+        assert_eq!(
+            (u16::from(close.code), close.reason.as_ref()),
+            (1002, reason)
+        );
+    }
+}

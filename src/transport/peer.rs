@@ -108,8 +108,22 @@ pub(super) async fn run<S: Stream>(
     if let Err(reason) = result {
         tracing::info!(?mode, reason, "peer link ended");
         let _ = stream
-            .write_all(frame::close_frame(close_code::GOING_AWAY, reason).to_vec())
+            .write_all(frame::close_frame(close_code_for(reason), reason).to_vec())
             .await;
+    }
+}
+
+/// The close code a link ends with: 1001 when this node goes or the link
+/// went quiet, 1000 when a newer link replaced it, 1002 for anything the
+/// peer sent that breaks the protocol (the reason says what).
+fn close_code_for(reason: &str) -> u16 {
+    match reason {
+        "node shutting down" | "routes gone" | "no traffic for three ping intervals" => {
+            close_code::GOING_AWAY
+        }
+        "superseded by a newer link" => close_code::NORMAL,
+        "closed by the peer" | "connection lost" | "write failed" => close_code::NORMAL,
+        _ => close_code::PROTOCOL_ERROR,
     }
 }
 
