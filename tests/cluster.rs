@@ -910,20 +910,17 @@ async fn a_peer_breaking_the_native_protocol_is_closed_with_1002_and_the_reason(
     let a = cluster_node("a", |_| {});
     let hello = wsrelay::backplane::wire::hello("intruder-free", 7).to_vec();
     for (messages, reason) in [
-        (
-            vec![Message::Binary(vec![0x55, 1, 2].into())],
-            "expected hello",
-        ),
-        (vec![Message::Text("hello".into())], "expected hello"),
+        (vec![Message::Binary(vec![0x55, 1, 2])], "expected hello"),
+        (vec![Message::Text("hello".to_owned())], "expected hello"),
         (
             vec![
-                Message::Binary(hello.clone().into()),
-                Message::Binary(vec![0x02, 0, 0].into()),
+                Message::Binary(hello.clone()),
+                Message::Binary(vec![0x02, 0, 0]),
             ],
             "malformed peer message",
         ),
         (
-            vec![Message::Binary(hello.into()), Message::Text("{}".into())],
+            vec![Message::Binary(hello), Message::Text("{}".to_owned())],
             "text frame on a native link",
         ),
     ] {
