@@ -738,21 +738,22 @@ async fn awx_broadcast(
     let out = Shared::default();
     let ready = tokio::sync::Notify::new();
     let wake = || ready.notify_one();
-    let reader = read_loop(&mut r, &out, &wake, ctx.settings.ping_interval, |msg| {
-        let router = ctx.router.clone();
-        let bp = ctx.bp.clone();
-        let host = spec.host.clone();
-        let m = m.clone();
-        async move {
+    // Borrowed, not cloned: this runs once per received event.
+    let (bp, router, host) = (&*ctx.bp, &*ctx.router, spec.host.as_str());
+    let reader = read_loop(
+        &mut r,
+        &out,
+        &wake,
+        ctx.settings.ping_interval,
+        |msg| async move {
             let Message::Text(t) = msg else {
                 return Ok(());
             };
-            super::receive_awx_event(&bp, &router, &m, &host, &t)
+            super::receive_awx_event(bp, router, m, host, &t)
                 .await
-                .map_err(|_| LinkError::Stopping)?;
-            Ok(())
-        }
-    });
+                .map_err(|_| LinkError::Stopping)
+        },
+    );
     let writer = async {
         loop {
             ready.notified().await;
