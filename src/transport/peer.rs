@@ -105,25 +105,11 @@ pub(super) async fn run<S: Stream>(
         Mode::Broadcast => link.broadcast(buf).await,
         Mode::Relay => link.relay(buf).await,
     };
-    if let Err(reason) = result {
-        tracing::info!(?mode, reason, "peer link ended");
+    if let Err(Close { code, reason }) = result {
+        tracing::info!(?mode, code, reason, "peer link ended");
         let _ = stream
-            .write_all(frame::close_frame(close_code_for(reason), reason).to_vec())
+            .write_all(frame::close_frame(code, reason).to_vec())
             .await;
-    }
-}
-
-/// The close code a link ends with: 1001 when this node goes or the link
-/// went quiet, 1000 when a newer link replaced it, 1002 for anything the
-/// peer sent that breaks the protocol (the reason says what).
-fn close_code_for(reason: &str) -> u16 {
-    match reason {
-        "node shutting down" | "routes gone" | "no traffic for three ping intervals" => {
-            close_code::GOING_AWAY
-        }
-        "superseded by a newer link" => close_code::NORMAL,
-        "closed by the peer" | "connection lost" | "write failed" => close_code::NORMAL,
-        _ => close_code::PROTOCOL_ERROR,
     }
 }
 
@@ -139,7 +125,40 @@ struct Link<'a, S> {
     last_heard: Cell<Instant>,
 }
 
-type Ended = Result<(), &'static str>;
+/// Why a link ended: the close code it ends with and the reason.
+#[derive(Debug, Clone, Copy)]
+struct Close {
+    code: u16,
+    reason: &'static str,
+}
+
+impl Close {
+    /// The peer sent something the protocol does not allow.
+    fn protocol(reason: &'static str) -> Self {
+        Self {
+            code: close_code::PROTOCOL_ERROR,
+            reason,
+        }
+    }
+
+    /// This node is going, or the link went quiet.
+    fn going(reason: &'static str) -> Self {
+        Self {
+            code: close_code::GOING_AWAY,
+            reason,
+        }
+    }
+
+    /// The connection is gone or replaced; the close is a courtesy.
+    fn normal(reason: &'static str) -> Self {
+        Self {
+            code: close_code::NORMAL,
+            reason,
+        }
+    }
+}
+
+type Ended = Result<(), Close>;
 
 impl<S: Stream> Link<'_, S> {
     fn peer_ping_every(&self) -> Duration {
@@ -158,7 +177,7 @@ impl<S: Stream> Link<'_, S> {
             let mut chunk = std::mem::replace(&mut frames, rest);
             while !chunk.is_empty() {
                 let mut n = match self.stream.writev(&mut chunk).await {
-                    Ok(0) | Err(_) => return Err("write failed"),
+                    Ok(0) | Err(_) => return Err(Close::normal("write failed")),
                     Ok(n) => n,
                 };
                 while n > 0 {
@@ -197,19 +216,24 @@ impl<S: Stream> Link<'_, S> {
                         match m {
                             Message::Ping(p) => self.send(frame::pong_frame(&p)),
                             Message::Pong(_) => {}
-                            Message::Close(..) => return Err("closed by the peer"),
+                            Message::Close(..) => return Err(Close::normal("closed by the peer")),
                             m => on_data(m).await?,
                         }
                     }
                     Ok(None) => break,
-                    Err(e) => return Err(e.reason),
+                    Err(e) => {
+                        return Err(Close {
+                            code: e.code,
+                            reason: e.reason,
+                        })
+                    }
                 }
             }
             if buf.capacity() - buf.len() < READ_CHUNK {
                 buf.reserve(64 * 1024);
             }
             match self.stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return Err("connection lost"),
+                Ok(0) | Err(_) => return Err(Close::normal("connection lost")),
                 Ok(_) => {}
             }
         }
@@ -222,7 +246,7 @@ impl<S: Stream> Link<'_, S> {
             tokio::time::sleep(every).await;
             let quiet = self.last_heard.get().elapsed();
             if quiet >= every * 3 {
-                return Err("no traffic for three ping intervals");
+                return Err(Close::going("no traffic for three ping intervals"));
             }
             if quiet >= every {
                 self.send(frame::ping_frame(b""));
@@ -230,22 +254,49 @@ impl<S: Stream> Link<'_, S> {
         }
     }
 
-    /// Sends the receiver's interest: the full set now, changes after.
+    /// The local groups added and removed since `sent`, which becomes the
+    /// current set: what a receiver tells a sender, in either form.
+    fn interest_change(
+        table: &RouteTable,
+        sent: &mut HashSet<Arc<str>>,
+    ) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
+        let now: HashSet<Arc<str>> = table.local_groups().cloned().collect();
+        let added = now.difference(sent).cloned().collect();
+        let removed = sent.difference(&now).cloned().collect();
+        *sent = now;
+        (added, removed)
+    }
+
+    /// The native interest message: the full set now, changes after.
     fn interest_frame(
-        &self,
         table: &RouteTable,
         sent: &mut HashSet<Arc<str>>,
         full: bool,
     ) -> Option<Bytes> {
-        let now: HashSet<Arc<str>> = table.local_groups().cloned().collect();
-        let added: Vec<&str> = now.difference(sent).map(|g| &**g).collect();
-        let removed: Vec<&str> = sent.difference(&now).map(|g| &**g).collect();
+        let (added, removed) = Self::interest_change(table, sent);
         if !full && added.is_empty() && removed.is_empty() {
             return None;
         }
-        let m = wire::interest(table.epoch, full, added.into_iter(), removed.into_iter());
-        *sent = now;
+        let m = wire::interest(
+            table.epoch,
+            full,
+            added.iter().map(|g| &**g),
+            removed.iter().map(|g| &**g),
+        );
         Some(frame::binary_frame(&m))
+    }
+
+    /// Runs a link's reader and writer with the pinger until one ends.
+    async fn alongside_pings(
+        &self,
+        reader: impl std::future::Future<Output = Ended>,
+        writer: impl std::future::Future<Output = Ended>,
+    ) -> Ended {
+        tokio::select! {
+            r = reader => r,
+            r = writer => r,
+            r = self.ping_loop() => r,
+        }
     }
 
     // === native: we receive ===
@@ -256,23 +307,26 @@ impl<S: Stream> Link<'_, S> {
         let hello = timeout(ctx.config.request_timeout, async {
             let mut decoder = Decoder::new(Role::Server, 64 * 1024);
             loop {
-                if let Some(m) = decoder.decode(&mut buf).map_err(|e| e.reason)? {
-                    return Ok::<_, &'static str>(m);
+                if let Some(m) = decoder.decode(&mut buf).map_err(|e| Close {
+                    code: e.code,
+                    reason: e.reason,
+                })? {
+                    return Ok::<_, Close>(m);
                 }
                 buf.reserve(READ_CHUNK);
                 if !matches!(self.stream.read(&mut buf).await, Ok(n) if n > 0) {
-                    return Err("connection lost before hello");
+                    return Err(Close::normal("connection lost before hello"));
                 }
             }
         })
         .await
-        .map_err(|_| "no hello")??;
+        .map_err(|_| Close::protocol("no hello"))??;
         let Message::Binary(hello) = hello else {
-            return Err("expected hello");
+            return Err(Close::protocol("expected hello"));
         };
         let (node, incarnation) = match wire::decode(&hello) {
             Ok(PeerMessage::Hello { node, incarnation }) => (node.to_owned(), incarnation),
-            _ => return Err("expected hello"),
+            _ => return Err(Close::protocol("expected hello")),
         };
         let (generation, resume) = self.bp.hello(&node, incarnation);
         // Registered before the link shows as up: from then on, subscribe
@@ -294,7 +348,7 @@ impl<S: Stream> Link<'_, S> {
             self.bp.incarnation,
             resume,
         ))];
-        first.extend(self.interest_frame(&table, &mut sent, true));
+        first.extend(Self::interest_frame(&table, &mut sent, true));
         let result = async {
             self.write_frames(first).await?;
             let delivered = Cell::new(resume.unwrap_or(0));
@@ -305,15 +359,15 @@ impl<S: Stream> Link<'_, S> {
                 let delivered = &delivered;
                 async move {
                     let Message::Binary(b) = msg else {
-                        return Err("text frame on a native link");
+                        return Err(Close::protocol("text frame on a native link"));
                     };
-                    match wire::decode(&b).map_err(|_| "malformed peer message")? {
+                    match wire::decode(&b).map_err(|_| Close::protocol("malformed peer message"))? {
                         PeerMessage::Events { first_seq, events } => {
                             let n = events.len() as u64;
                             let admit = self
                                 .bp
                                 .admit(node, generation, first_seq, n)
-                                .map_err(|_| "superseded by a newer link")?;
+                                .map_err(|_| Close::normal("superseded by a newer link"))?;
                             m.gaps.inc_by(admit.gap);
                             m.duplicates.inc_by(admit.skip);
                             let fresh = n - admit.skip;
@@ -323,7 +377,7 @@ impl<S: Stream> Link<'_, S> {
                             ctx.router
                                 .route_from_peer(events.into_iter().skip(admit.skip as usize))
                                 .await
-                                .map_err(|_| "node shutting down")?;
+                                .map_err(|_| Close::going("node shutting down"))?;
                             if n > 0 {
                                 delivered.set(first_seq + n - 1);
                             }
@@ -334,7 +388,7 @@ impl<S: Stream> Link<'_, S> {
                             self.bp.interest_acked(link_id, Some(epoch));
                             Ok(())
                         }
-                        _ => Err("unexpected message from sender"),
+                        _ => Err(Close::protocol("unexpected message from sender")),
                     }
                 }
             });
@@ -344,10 +398,10 @@ impl<S: Stream> Link<'_, S> {
                         _ = self.wake.notified() => {}
                         r = routes.changed() => {
                             if r.is_err() {
-                                return Err("routes gone");
+                                return Err(Close::going("routes gone"));
                             }
                             let table = ctx.routes.load_full();
-                            if let Some(f) = self.interest_frame(&table, &mut sent, false) {
+                            if let Some(f) = Self::interest_frame(&table, &mut sent, false) {
                                 self.out.borrow_mut().push(f);
                             }
                         }
@@ -361,11 +415,7 @@ impl<S: Stream> Link<'_, S> {
                     self.flush_control().await?;
                 }
             };
-            tokio::select! {
-                r = reader => r,
-                r = writer => r,
-                r = self.ping_loop() => r,
-            }
+            self.alongside_pings(reader, writer).await
         }
         .await;
         self.bp.interest_acked(link_id, None);
@@ -414,13 +464,12 @@ impl<S: Stream> Link<'_, S> {
             }
         };
         let reader = self.read_loop(buf, |_| std::future::ready(Ok(())));
-        let r = tokio::select! {
-            r = reader => r,
-            r = writer => r,
-            r = self.ping_loop() => r,
-        };
+        let r = self.alongside_pings(reader, writer).await;
         self.bp.outbox.remove(&sink);
-        m.evicted.inc_by(sink.depth() as u64);
+        // Evicted while full, and queued but never written: both lost to
+        // this dialer, so both counted.
+        m.evicted
+            .inc_by(sink.take_counts().evicted + sink.depth() as u64);
         m.up.set(0);
         r
     }
@@ -439,20 +488,15 @@ impl<S: Stream> Link<'_, S> {
         routes.borrow_and_update();
         let mut sent: HashSet<Arc<str>> = HashSet::new();
         let consumer = |table: &RouteTable, sent: &mut HashSet<Arc<str>>| {
-            let now: HashSet<Arc<str>> = table.local_groups().cloned().collect();
-            let mut frames = Vec::new();
-            let added: Vec<&str> = now.difference(sent).map(|g| &**g).collect();
-            if !added.is_empty() {
-                let t = awx::consumer_message(true, added, &origin);
-                frames.push(frame::text_frame(t.as_bytes()));
-            }
-            let removed: Vec<&str> = sent.difference(&now).map(|g| &**g).collect();
-            if !removed.is_empty() {
-                let t = awx::consumer_message(false, removed, &origin);
-                frames.push(frame::text_frame(t.as_bytes()));
-            }
-            *sent = now;
-            frames
+            let (added, removed) = Self::interest_change(table, sent);
+            [(true, added), (false, removed)]
+                .into_iter()
+                .filter(|(_, groups)| !groups.is_empty())
+                .map(|(subscribe, groups)| {
+                    let t = awx::consumer_message(subscribe, groups.iter().map(|g| &**g), &origin);
+                    frame::text_frame(t.as_bytes())
+                })
+                .collect::<Vec<_>>()
         };
         let first = consumer(&ctx.routes.load_full(), &mut sent);
         let r = async {
@@ -465,7 +509,7 @@ impl<S: Stream> Link<'_, S> {
                     };
                     crate::backplane::receive_awx_event(self.bp, &ctx.router, m, "awx-2022", &t)
                         .await
-                        .map_err(|_| "node shutting down")?;
+                        .map_err(|_| Close::going("node shutting down"))?;
                     Ok(())
                 }
             });
@@ -475,7 +519,7 @@ impl<S: Stream> Link<'_, S> {
                         _ = self.wake.notified() => {}
                         r = routes.changed() => {
                             if r.is_err() {
-                                return Err("routes gone");
+                                return Err(Close::going("routes gone"));
                             }
                             let frames = consumer(&ctx.routes.load_full(), &mut sent);
                             self.out.borrow_mut().extend(frames);
@@ -484,11 +528,7 @@ impl<S: Stream> Link<'_, S> {
                     self.flush_control().await?;
                 }
             };
-            tokio::select! {
-                r = reader => r,
-                r = writer => r,
-                r = self.ping_loop() => r,
-            }
+            self.alongside_pings(reader, writer).await
         }
         .await;
         m.up.set(0);
