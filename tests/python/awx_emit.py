@@ -2,6 +2,7 @@
 real channels_redis package (no imitation of its storage format).
 
 usage: awx_emit.py ERA URL [URL ...] < events.json
+  (with AWX_EMIT_SIGNAL_READY set, prints "ready" once its imports are done)
   ERA     2020 (group send plus the wrapped copy to broadcast-group_send)
           or 2022 (one send with needs_relay)
   events  a JSON list of [group, payload] pairs
@@ -9,6 +10,7 @@ Prints the JSON list of the payload texts it sent, in order.
 """
 import asyncio
 import json
+import os
 import sys
 
 from channels_redis.core import RedisChannelLayer
@@ -16,6 +18,9 @@ from channels_redis.core import RedisChannelLayer
 
 async def main():
     era, urls = sys.argv[1], sys.argv[2:]
+    if os.environ.get("AWX_EMIT_SIGNAL_READY"):
+        # Imports are done: the caller may now time its events closely.
+        print("ready", flush=True)
     events = json.loads(sys.stdin.read())
     # AWX's CHANNEL_LAYERS settings (awx/settings/defaults.py).
     layer = RedisChannelLayer(hosts=urls, capacity=10000, group_expiry=157784760)

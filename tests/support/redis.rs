@@ -151,15 +151,23 @@ pub fn python() -> PathBuf {
     venv
 }
 
-/// A Python producer started ahead of time, its imports done, waiting for
-/// its events: `send` then emits within milliseconds, so a test can emit
-/// right after a subscribe reply.
-pub struct AwxEmitter(std::process::Child);
+/// AWX's producer in Python (`tests/python/awx_emit.py`), run through the
+/// real channels_redis. Started ahead of time with `start`, it waits with
+/// its imports done, so that `send` emits within milliseconds (a test can
+/// emit right after a subscribe reply).
+pub struct AwxEmitter {
+    child: Child,
+    stdout: BufReader<std::process::ChildStdout>,
+}
 
 impl AwxEmitter {
-    pub fn start(era: &str, urls: &[String]) -> Self {
+    fn spawn(era: &str, urls: &[String], signal_ready: bool) -> Self {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/awx_emit.py");
-        let child = Command::new(python())
+        let mut cmd = Command::new(python());
+        if signal_ready {
+            cmd.env("AWX_EMIT_SIGNAL_READY", "1");
+        }
+        let mut child = cmd
             .arg(script)
             .arg(era)
             .args(urls)
@@ -168,49 +176,40 @@ impl AwxEmitter {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // Python's imports (channels_redis, redis) take a few hundred ms.
-        std::thread::sleep(std::time::Duration::from_millis(1500));
-        AwxEmitter(child)
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        AwxEmitter { child, stdout }
     }
 
+    /// Starts the producer and returns once it says it is ready.
+    pub fn start(era: &str, urls: &[String]) -> Self {
+        let mut e = Self::spawn(era, urls, true);
+        let mut line = String::new();
+        e.stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "awx_emit.py did not start");
+        e
+    }
+
+    /// Emits `events` ([group, payload] pairs) AWX-style; returns the
+    /// texts sent.
     pub fn send(mut self, events: &serde_json::Value) -> Vec<String> {
-        let mut stdin = self.0.stdin.take().unwrap();
+        use std::io::Read;
+        let mut stdin = self.child.stdin.take().unwrap();
         stdin.write_all(events.to_string().as_bytes()).unwrap();
         drop(stdin);
-        let out = self.0.wait_with_output().unwrap();
+        let mut sent = String::new();
+        self.stdout.read_to_string(&mut sent).unwrap();
+        let out = self.child.wait_with_output().unwrap();
         assert!(
             out.status.success(),
             "python: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout).unwrap()
+        serde_json::from_str(&sent).unwrap()
     }
 }
 
 /// Emits `events` ([group, payload] pairs) through the real channels_redis,
 /// AWX-style, in `era` ("2020" or "2022"); returns the texts sent.
 pub fn awx_emit(era: &str, urls: &[String], events: &serde_json::Value) -> Vec<String> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/awx_emit.py");
-    let mut child = Command::new(python())
-        .arg(script)
-        .arg(era)
-        .args(urls)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(events.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "python: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    AwxEmitter::spawn(era, urls, false).send(events)
 }
