@@ -55,6 +55,55 @@ async fn bad_messages_get_an_error_and_the_connection_goes_on() {
     wait_metric(n.addr, "wsrelay_client_errors_total 4").await;
 }
 
+/// Regression (issue 10, finding 1): 16,000 nested brackets in a 32 KB
+/// message overflowed a worker's stack inside simd-json and aborted the
+/// node. Now the message gets an error and everyone stays connected.
+#[tokio::test]
+async fn deeply_nested_json_gets_an_error_not_a_crash() {
+    let n = start(|_| {});
+    let mut by = bystander(n.addr).await;
+    let mut ws = connect(n.addr, &token(1)).await;
+    subscribe(&mut ws, json!({"job_events": [1]})).await;
+    for depth in [16_000, 32_000, 8_000, 33] {
+        let deep = "[".repeat(depth) + &"]".repeat(depth);
+        send(&mut ws, &deep).await;
+        assert_eq!(
+            next_json(&mut ws).await,
+            json!({"error": "json nested deeper than 32 levels"}),
+            "depth {depth}"
+        );
+        // Objects inside `groups`, behind a valid prefix (capped so the
+        // message stays under the 64 KiB limit).
+        let k = depth.min(8_000);
+        let deep = format!(
+            r#"{{"groups": {{"job_events": [1, {}1{}]}}}}"#,
+            r#"{"a": "#.repeat(k),
+            "}".repeat(k)
+        );
+        send(&mut ws, &deep).await;
+        assert_eq!(
+            next_json(&mut ws).await,
+            json!({"error": "json nested deeper than 32 levels"}),
+            "groups depth {depth}"
+        );
+    }
+    // 32 levels still parse (and are refused for their shape, not depth).
+    let ok = "[".repeat(32) + &"]".repeat(32);
+    send(&mut ws, &ok).await;
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"error": "message must be a json object"})
+    );
+    // Payloads are validated without recursion and passed on verbatim:
+    // a deep one is no danger to the node.
+    let payload = "[".repeat(16_000) + &"]".repeat(16_000);
+    emit_one(n.addr, "job_events-1", &payload).await;
+    assert_eq!(next_text(&mut ws).await, payload);
+    assert_eq!(next_text(&mut by).await, payload);
+    still_served(n.addr, &mut ws, 1).await;
+    assert_eq!(next_text(&mut by).await, r#"{"still": 1}"#);
+}
+
 #[tokio::test]
 async fn unusable_frames_close_with_a_code_and_reason() {
     let n = start(|_| {});

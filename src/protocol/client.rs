@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;
 
+use super::json;
 use crate::auth::Identity;
 
 /// AWX's reply to a bad `xrftoken` or a non-list group value.
@@ -50,6 +51,13 @@ impl Plan {
 
 /// Plans the answer to a client text message. `text` is parsed in place.
 pub fn plan(text: &mut [u8], session: Session<'_>, limits: GroupLimits) -> Plan {
+    // Before simd-json recurses into it (see `json`).
+    if json::nests_deeper_than(text, json::MAX_DEPTH) {
+        return Plan::error(format!(
+            "json nested deeper than {} levels",
+            json::MAX_DEPTH
+        ));
+    }
     let value = match simd_json::to_borrowed_value(text) {
         Ok(v) => v,
         Err(_) => return Plan::error("invalid json"),
@@ -233,6 +241,8 @@ mod tests {
     fn bad_messages_change_nothing() {
         check("not json", Plan::error("invalid json"));
         check("[1, 2]", Plan::error("message must be a json object"));
+        let deep = "[".repeat(16_000) + &"]".repeat(16_000);
+        check(&deep, Plan::error("json nested deeper than 32 levels"));
         check(
             r#"{"groups": [1]}"#,
             Plan::error("groups must be an object"),

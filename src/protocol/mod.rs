@@ -6,3 +6,4 @@ pub mod client;
 pub mod emit;
 pub mod frame;
 pub mod http;
+pub mod json;
