@@ -4,6 +4,7 @@ use std::hint::black_box;
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use wsrelay::auth::policy::Policy;
 use wsrelay::auth::Identity;
 use wsrelay::protocol::client::{plan, GroupLimits, Session};
 use wsrelay::protocol::{emit, frame};
@@ -89,9 +90,10 @@ fn decoder_choice(c: &mut Criterion) {
 
 fn client_messages(c: &mut Criterion) {
     let identity = Identity {
-        user_id: 1,
         patterns: Some(vec!["job_events-*".into(), "jobs-status_changed".into()]),
+        ..Identity::anyone(1)
     };
+    let policy = Policy::default();
     let session = Session {
         identity: &identity,
         csrf_cookie: None,
@@ -99,12 +101,13 @@ fn client_messages(c: &mut Criterion) {
     let limits = GroupLimits {
         max_groups: 1024,
         max_group_name: 256,
+        max_access_checks: 100,
     };
     let msg = br#"{"groups": {"jobs": ["status_changed"], "job_events": [42, 43, 44, 45]}, "xrftoken": "abc"}"#;
     c.bench_function("client/plan_subscribe", |b| {
         b.iter(|| {
             let mut text = msg.to_vec();
-            black_box(plan(&mut text, session, limits))
+            black_box(plan(&mut text, session, limits, &policy))
         })
     });
 }

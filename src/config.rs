@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::auth::Authenticator;
+use crate::auth::api::ApiSettings;
+use crate::auth::policy::Policy;
+use crate::auth::Jwt;
 use crate::fanout::{QueueLimits, SlowPolicy, MAX_WORKERS};
 
 /// Why a configuration was refused. Printed as is before the process exits.
@@ -24,11 +26,22 @@ pub enum ConfigError {
     },
     #[error(
         "refusing to start without client authentication: pass --jwt-secret S \
-         (HS256 tokens), or --dev-insecure for local development only"
+         (HS256 tokens) and/or --auth-url URL (AWX's /api/v2/me/), or --dev-insecure \
+         for local development only"
     )]
     NoAuthenticator,
-    #[error("--jwt-secret and --dev-insecure exclude each other; choose one")]
+    #[error("--dev-insecure excludes --jwt-secret and --auth-url; choose one")]
     TwoAuthenticators,
+    #[error("--auth-url {0}: want an http:// or https:// URL (AWX's /api/v2/me/)")]
+    AuthUrl(String),
+    #[error("--auth-ca-file {path}: {why}")]
+    AuthCa { path: PathBuf, why: String },
+    #[error("{0}")]
+    Access(String),
+    #[error("--awx-database: {0}")]
+    Database(String),
+    #[error("--discover-peers postgres needs --awx-database (AWX's PostgreSQL) to LISTEN on")]
+    DiscoveryWithoutDatabase,
     #[error("{0} must be at least 1")]
     Zero(&'static str),
     #[error("--workers must be at most {MAX_WORKERS}, got {0}")]
@@ -59,6 +72,29 @@ pub enum IoMode {
     Uring,
     /// epoll through tokio.
     Epoll,
+}
+
+/// Where a node learns of its peers besides `--peer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Discovery {
+    /// AWX's web-node heartbeats: LISTEN on `--heartbeat-channel`.
+    Postgres,
+}
+
+/// How discovered nodes are dialled (AWX's `BROADCAST_WEBSOCKET_PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DialScheme {
+    /// TLS (AWX's `https`, the default).
+    #[default]
+    #[value(alias = "https")]
+    #[serde(alias = "https")]
+    Wss,
+    /// Plain TCP (AWX's `http`).
+    #[value(alias = "http")]
+    #[serde(alias = "http")]
+    Ws,
 }
 
 /// Everything a node needs to run. `Default` gives a node on
@@ -188,6 +224,52 @@ pub struct Config {
     pub peer_buffer_events: usize,
     /// The resend buffer's bound in payload bytes. Default 64 MiB.
     pub peer_buffer_bytes: usize,
+    /// AWX's `/api/v2/me/`: clients are authenticated by asking it with
+    /// their session cookie or token (after the JWT check, when both are
+    /// on). Default none.
+    pub auth_url: Option<String>,
+    /// How long an accepted credential's user id (and an allowed object)
+    /// is cached, seconds. Default 60.
+    pub auth_cache_ttl_secs: u64,
+    /// How long a refused credential (and a denied object) is cached,
+    /// seconds. Default 5: short, so a fresh login is seen quickly.
+    pub auth_refusal_ttl_secs: u64,
+    /// Entries in each cache (credentials; user-and-group answers).
+    /// Default 100,000.
+    pub auth_cache_entries: u64,
+    /// Time one API lookup may take, queueing included. Default 5 s.
+    pub auth_timeout: Duration,
+    /// API requests in flight at most. Default 32.
+    pub auth_max_inflight: usize,
+    /// Verify the API's TLS certificate. Default on.
+    pub auth_tls_verify: bool,
+    /// Extra PEM CAs for the API. Default none (the Mozilla roots only).
+    pub auth_ca_file: Option<PathBuf>,
+    /// Access rules (prefix, rule) laid over AWX's defaults
+    /// (`auth::policy::AWX_DEFAULTS`). Default none.
+    pub access: Vec<(String, String)>,
+    /// Groups in one subscribe message that may need an API access check.
+    /// Default 100.
+    pub max_access_checks: usize,
+    /// AWX's PostgreSQL (`postgresql://...`): this node announces itself on
+    /// `heartbeat_channel` as AWX's web nodes do. Default none.
+    pub awx_database: Option<String>,
+    /// The NOTIFY channel of AWX's web-node heartbeat. Default
+    /// `web_ws_heartbeat`.
+    pub heartbeat_channel: String,
+    /// Heartbeat interval (AWX's
+    /// `BROADCAST_WEBSOCKET_BEACON_FROM_WEB_RATE_SECONDS`). Default 15 s.
+    pub heartbeat_interval: Duration,
+    /// The address announced in heartbeats (AWX's `MY_POD_IP`). Default
+    /// none: `null`, and dialers use the host name.
+    pub advertise_ip: Option<String>,
+    /// Dial every node announced on the heartbeat channel. Default off.
+    pub discover_peers: Option<Discovery>,
+    /// Scheme for discovered nodes. Default `wss` (AWX's `https`).
+    pub discover_scheme: DialScheme,
+    /// Port for discovered nodes (AWX's `BROADCAST_WEBSOCKET_PORT`).
+    /// Default 443.
+    pub discover_port: u16,
 }
 
 impl Default for Config {
@@ -238,8 +320,34 @@ impl Default for Config {
             peer_flush_delay: Duration::ZERO,
             peer_buffer_events: 100_000,
             peer_buffer_bytes: 64 * 1024 * 1024,
+            auth_url: None,
+            auth_cache_ttl_secs: 60,
+            auth_refusal_ttl_secs: 5,
+            auth_cache_entries: 100_000,
+            auth_timeout: Duration::from_secs(5),
+            auth_max_inflight: 32,
+            auth_tls_verify: true,
+            auth_ca_file: None,
+            access: Vec::new(),
+            max_access_checks: 100,
+            awx_database: None,
+            heartbeat_channel: "web_ws_heartbeat".to_owned(),
+            heartbeat_interval: Duration::from_secs(15),
+            advertise_ip: None,
+            discover_peers: None,
+            discover_scheme: DialScheme::Wss,
+            discover_port: 443,
         }
     }
+}
+
+/// How clients are authenticated and authorized, as checked by
+/// `Config::validate`; the server starts the API thread from `api`.
+pub struct AuthSetup {
+    pub jwt: Option<Jwt>,
+    pub dev_insecure: bool,
+    pub api: Option<ApiSettings>,
+    pub policy: Policy,
 }
 
 /// The host name, as AWX names its nodes; `wsrelay` if it cannot be read.
@@ -252,8 +360,8 @@ fn default_node_id() -> String {
 }
 
 impl Config {
-    /// Checks the values and builds the authenticator.
-    pub fn validate(&self) -> Result<Authenticator, ConfigError> {
+    /// Checks the values; returns how clients are to be authenticated.
+    pub fn validate(&self) -> Result<AuthSetup, ConfigError> {
         let nonzero = [
             (self.max_message_bytes, "max-message-bytes"),
             (self.max_groups, "max-groups"),
@@ -272,6 +380,7 @@ impl Config {
             (self.peer_batch_bytes, "peer-batch-bytes"),
             (self.peer_buffer_events, "peer-buffer-events"),
             (self.peer_buffer_bytes, "peer-buffer-bytes"),
+            (self.max_access_checks, "max-access-checks"),
         ];
         if let Some((_, name)) = nonzero.iter().find(|(v, _)| *v == 0) {
             return Err(ConfigError::Zero(name));
@@ -307,16 +416,82 @@ impl Config {
         {
             return Err(ConfigError::RedisUrl(url.clone()));
         }
-        match (&self.jwt_secret, self.dev_insecure) {
-            (Some(_), true) => Err(ConfigError::TwoAuthenticators),
-            (Some(s), false) if s.is_empty() => Err(ConfigError::Empty("jwt-secret")),
-            (Some(s), false) => Ok(Authenticator::Jwt {
+        let api = self.api_settings()?;
+        let policy = Policy::with(&self.access).map_err(ConfigError::Access)?;
+        if self.awx_database.is_some() || self.discover_peers.is_some() {
+            self.database()?;
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err(ConfigError::Zero("heartbeat-interval-secs"));
+        }
+        if self.heartbeat_channel.is_empty() {
+            return Err(ConfigError::Empty("heartbeat-channel"));
+        }
+        if self.discover_peers.is_some() && self.backplane_secret.is_none() {
+            return Err(ConfigError::NoBackplaneSecret);
+        }
+        let jwt = match &self.jwt_secret {
+            Some(s) if s.is_empty() => return Err(ConfigError::Empty("jwt-secret")),
+            Some(s) => Some(Jwt {
                 secret: s.as_bytes().to_vec(),
                 leeway_secs: self.jwt_leeway_secs,
             }),
-            (None, true) => Ok(Authenticator::DevInsecure),
-            (None, false) => Err(ConfigError::NoAuthenticator),
+            None => None,
+        };
+        match (jwt.is_some() || api.is_some(), self.dev_insecure) {
+            (true, true) => Err(ConfigError::TwoAuthenticators),
+            (false, false) => Err(ConfigError::NoAuthenticator),
+            _ => Ok(AuthSetup {
+                jwt,
+                dev_insecure: self.dev_insecure,
+                api,
+                policy,
+            }),
         }
+    }
+
+    /// The API authenticator's settings, when `auth_url` is set.
+    fn api_settings(&self) -> Result<Option<ApiSettings>, ConfigError> {
+        let Some(url) = &self.auth_url else {
+            return Ok(None);
+        };
+        let me = reqwest::Url::parse(url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .ok_or_else(|| ConfigError::AuthUrl(url.clone()))?;
+        let nonzero = [
+            (self.auth_cache_entries as usize, "auth-cache-entries"),
+            (self.auth_max_inflight, "auth-max-inflight"),
+            (self.auth_timeout.as_millis() as usize, "auth-timeout-ms"),
+        ];
+        if let Some((_, name)) = nonzero.iter().find(|(v, _)| *v == 0) {
+            return Err(ConfigError::Zero(name));
+        }
+        let tls = crate::tls::client_config(self.auth_tls_verify, self.auth_ca_file.as_deref())
+            .map_err(|why| ConfigError::AuthCa {
+                path: self.auth_ca_file.clone().unwrap_or_default(),
+                why,
+            })?;
+        Ok(Some(ApiSettings {
+            me,
+            ttl: Duration::from_secs(self.auth_cache_ttl_secs),
+            refusal_ttl: Duration::from_secs(self.auth_refusal_ttl_secs),
+            entries: self.auth_cache_entries,
+            timeout: self.auth_timeout,
+            max_inflight: self.auth_max_inflight,
+            tls,
+        }))
+    }
+
+    /// AWX's PostgreSQL connection settings.
+    pub fn database(&self) -> Result<tokio_postgres::Config, ConfigError> {
+        let url = self
+            .awx_database
+            .as_deref()
+            .ok_or(ConfigError::DiscoveryWithoutDatabase)?;
+        url.parse::<tokio_postgres::Config>().map_err(|e| {
+            ConfigError::Database(format!("not a PostgreSQL URL or key=value string: {e}"))
+        })
     }
 
     /// The configured peers, parsed; duplicates collapse to one.
@@ -488,6 +663,92 @@ pub struct Settings {
     /// Payload bytes held per peer until acknowledged [default: 67108864]
     #[arg(long, env = "WSRELAY_PEER_BUFFER_BYTES")]
     pub peer_buffer_bytes: Option<usize>,
+    /// AWX's /api/v2/me/ URL: authenticate clients by their AWX session cookie or token
+    #[arg(long, env = "WSRELAY_AUTH_URL")]
+    pub auth_url: Option<String>,
+    /// Seconds an accepted credential (or allowed object) is cached [default: 60]
+    #[arg(long, env = "WSRELAY_AUTH_CACHE_TTL_SECS")]
+    pub auth_cache_ttl_secs: Option<u64>,
+    /// Seconds a refused credential (or denied object) is cached [default: 5]
+    #[arg(long, env = "WSRELAY_AUTH_REFUSAL_TTL_SECS")]
+    pub auth_refusal_ttl_secs: Option<u64>,
+    /// Entries per auth cache [default: 100000]
+    #[arg(long, env = "WSRELAY_AUTH_CACHE_ENTRIES")]
+    pub auth_cache_entries: Option<u64>,
+    /// Time one API lookup may take, ms [default: 5000]
+    #[arg(long, env = "WSRELAY_AUTH_TIMEOUT_MS")]
+    pub auth_timeout_ms: Option<u64>,
+    /// API requests in flight at most [default: 32]
+    #[arg(long, env = "WSRELAY_AUTH_MAX_INFLIGHT")]
+    pub auth_max_inflight: Option<usize>,
+    /// Verify the API's TLS certificate [default: true]
+    #[arg(long, env = "WSRELAY_AUTH_TLS_VERIFY", num_args = 0..=1, default_missing_value = "true")]
+    pub auth_tls_verify: Option<bool>,
+    /// Extra PEM CA certificates for the API
+    #[arg(long, env = "WSRELAY_AUTH_CA_FILE")]
+    pub auth_ca_file: Option<PathBuf>,
+    /// Access rule PREFIX=allow|deny|user|/api/path/{id}/ for groups starting with PREFIX; repeat [default: AWX's]
+    #[arg(long = "access", env = "WSRELAY_ACCESS", value_delimiter = ',')]
+    #[serde(deserialize_with = "access_table")]
+    pub access: Option<Vec<AccessEntry>>,
+    /// Groups in one subscribe message that may need an API check [default: 100]
+    #[arg(long, env = "WSRELAY_MAX_ACCESS_CHECKS")]
+    pub max_access_checks: Option<usize>,
+    /// AWX's PostgreSQL URL: announce this node with AWX's web-node heartbeat
+    #[arg(long, env = "WSRELAY_AWX_DATABASE", hide_env_values = true)]
+    pub awx_database: Option<String>,
+    /// NOTIFY channel of the heartbeat [default: web_ws_heartbeat]
+    #[arg(long, env = "WSRELAY_HEARTBEAT_CHANNEL")]
+    pub heartbeat_channel: Option<String>,
+    /// Heartbeat interval, seconds [default: 15]
+    #[arg(long, env = "WSRELAY_HEARTBEAT_INTERVAL_SECS")]
+    pub heartbeat_interval_secs: Option<u64>,
+    /// Address announced in heartbeats (AWX's MY_POD_IP) [default: null, dialers use the host name]
+    #[arg(long, env = "WSRELAY_ADVERTISE_IP")]
+    pub advertise_ip: Option<String>,
+    /// Dial every node announced on the heartbeat channel
+    #[arg(long, env = "WSRELAY_DISCOVER_PEERS", value_enum)]
+    pub discover_peers: Option<Discovery>,
+    /// Scheme for discovered nodes: wss (https) or ws (http) [default: wss]
+    #[arg(long, env = "WSRELAY_DISCOVER_SCHEME", value_enum)]
+    pub discover_scheme: Option<DialScheme>,
+    /// Port for discovered nodes (AWX's BROADCAST_WEBSOCKET_PORT) [default: 443]
+    #[arg(long, env = "WSRELAY_DISCOVER_PORT")]
+    pub discover_port: Option<u16>,
+}
+
+/// One access rule, `PREFIX=RULE` on the command line; in the file, a key
+/// of the `[access]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessEntry {
+    pub prefix: String,
+    pub rule: String,
+}
+
+impl std::str::FromStr for AccessEntry {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (prefix, rule) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: want PREFIX=RULE"))?;
+        Ok(AccessEntry {
+            prefix: prefix.trim().to_owned(),
+            rule: rule.trim().to_owned(),
+        })
+    }
+}
+
+/// `[access]` as a table of prefix = rule.
+fn access_table<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<AccessEntry>>, D::Error> {
+    let table: std::collections::BTreeMap<String, String> = serde::Deserialize::deserialize(d)?;
+    Ok(Some(
+        table
+            .into_iter()
+            .map(|(prefix, rule)| AccessEntry { prefix, rule })
+            .collect(),
+    ))
 }
 
 impl Settings {
@@ -554,6 +815,23 @@ impl Settings {
             peer_flush_delay_us,
             peer_buffer_events,
             peer_buffer_bytes,
+            auth_url,
+            auth_cache_ttl_secs,
+            auth_refusal_ttl_secs,
+            auth_cache_entries,
+            auth_timeout_ms,
+            auth_max_inflight,
+            auth_tls_verify,
+            auth_ca_file,
+            access,
+            max_access_checks,
+            awx_database,
+            heartbeat_channel,
+            heartbeat_interval_secs,
+            advertise_ip,
+            discover_peers,
+            discover_scheme,
+            discover_port,
         )
     }
 
@@ -609,6 +887,32 @@ impl Settings {
                 .map_or(d.peer_flush_delay, Duration::from_micros),
             peer_buffer_events: self.peer_buffer_events.unwrap_or(d.peer_buffer_events),
             peer_buffer_bytes: self.peer_buffer_bytes.unwrap_or(d.peer_buffer_bytes),
+            auth_url: self.auth_url,
+            auth_cache_ttl_secs: self.auth_cache_ttl_secs.unwrap_or(d.auth_cache_ttl_secs),
+            auth_refusal_ttl_secs: self
+                .auth_refusal_ttl_secs
+                .unwrap_or(d.auth_refusal_ttl_secs),
+            auth_cache_entries: self.auth_cache_entries.unwrap_or(d.auth_cache_entries),
+            auth_timeout: ms(self.auth_timeout_ms, d.auth_timeout),
+            auth_max_inflight: self.auth_max_inflight.unwrap_or(d.auth_max_inflight),
+            auth_tls_verify: self.auth_tls_verify.unwrap_or(d.auth_tls_verify),
+            auth_ca_file: self.auth_ca_file,
+            access: self
+                .access
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| (e.prefix, e.rule))
+                .collect(),
+            max_access_checks: self.max_access_checks.unwrap_or(d.max_access_checks),
+            awx_database: self.awx_database,
+            heartbeat_channel: self.heartbeat_channel.unwrap_or(d.heartbeat_channel),
+            heartbeat_interval: self
+                .heartbeat_interval_secs
+                .map_or(d.heartbeat_interval, Duration::from_secs),
+            advertise_ip: self.advertise_ip,
+            discover_peers: self.discover_peers,
+            discover_scheme: self.discover_scheme.unwrap_or(d.discover_scheme),
+            discover_port: self.discover_port.unwrap_or(d.discover_port),
         }
     }
 }
@@ -691,6 +995,104 @@ mod tests {
             jwt_secret: Some("secret".into()),
             ..Config::default()
         };
-        assert!(matches!(ok.validate(), Ok(Authenticator::Jwt { .. })));
+        assert!(matches!(
+            ok.validate(),
+            Ok(AuthSetup {
+                jwt: Some(_),
+                api: None,
+                ..
+            })
+        ));
+        let both = Config {
+            jwt_secret: Some("secret".into()),
+            auth_url: Some("https://awx.example.com/api/v2/me/".into()),
+            ..Config::default()
+        };
+        assert!(matches!(
+            both.validate(),
+            Ok(AuthSetup {
+                jwt: Some(_),
+                api: Some(_),
+                ..
+            })
+        ));
+        for (c, want) in [
+            (
+                Config {
+                    auth_url: Some("ftp://x/".into()),
+                    ..Config::default()
+                },
+                "--auth-url ftp://x/: want an http:// or https:// URL",
+            ),
+            (
+                Config {
+                    auth_url: Some("http://awx/api/v2/me/".into()),
+                    dev_insecure: true,
+                    ..Config::default()
+                },
+                "--dev-insecure excludes --jwt-secret and --auth-url",
+            ),
+            (
+                Config {
+                    dev_insecure: true,
+                    access: vec![("job_events-".into(), "/api/v2/jobs/".into())],
+                    ..Config::default()
+                },
+                "access \"job_events-\": \"/api/v2/jobs/\": want allow, deny, user",
+            ),
+            (
+                Config {
+                    dev_insecure: true,
+                    awx_database: Some("mysql://x".into()),
+                    ..Config::default()
+                },
+                "--awx-database: not a PostgreSQL URL",
+            ),
+            (
+                Config {
+                    dev_insecure: true,
+                    discover_peers: Some(Discovery::Postgres),
+                    ..Config::default()
+                },
+                "--discover-peers postgres needs --awx-database",
+            ),
+            (
+                Config {
+                    dev_insecure: true,
+                    discover_peers: Some(Discovery::Postgres),
+                    awx_database: Some("postgresql://localhost/awx".into()),
+                    ..Config::default()
+                },
+                "refusing to start a cluster without a backplane secret",
+            ),
+        ] {
+            let err = c.validate().err().expect(want).to_string();
+            assert!(err.starts_with(want), "{err}\nwant: {want}");
+        }
+    }
+
+    #[test]
+    fn access_rules_from_flags_and_file() {
+        let file: Settings = toml::from_str(
+            "[access]\n\"project_update_events-\" = \"/api/v2/project_updates/{id}/\"\n\"*\" = \"deny\"\n",
+        )
+        .unwrap();
+        let c = Settings::default().or(file).into_config();
+        assert_eq!(
+            c.access,
+            vec![
+                ("*".to_owned(), "deny".to_owned()),
+                (
+                    "project_update_events-".to_owned(),
+                    "/api/v2/project_updates/{id}/".to_owned()
+                ),
+            ]
+        );
+        let flag: AccessEntry = "jobs-=allow".parse().unwrap();
+        assert_eq!(
+            (flag.prefix.as_str(), flag.rule.as_str()),
+            ("jobs-", "allow")
+        );
+        assert!("nope".parse::<AccessEntry>().is_err());
     }
 }

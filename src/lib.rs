@@ -29,6 +29,7 @@ pub mod payload;
 pub mod producer;
 pub mod protocol;
 pub mod server;
+pub mod tls;
 mod transport;
 
 pub use config::Config;

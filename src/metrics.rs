@@ -18,14 +18,24 @@ type Labels = Vec<(&'static str, String)>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     AuthFailed,
+    /// AWX's API could not say who the client is.
+    AuthUnavailable,
     ConnectionLimit,
     BadUpgrade,
 }
 
 impl Refusal {
+    const ALL: [Refusal; 4] = [
+        Refusal::AuthFailed,
+        Refusal::AuthUnavailable,
+        Refusal::ConnectionLimit,
+        Refusal::BadUpgrade,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Refusal::AuthFailed => "auth_failed",
+            Refusal::AuthUnavailable => "auth_unavailable",
             Refusal::ConnectionLimit => "connection_limit",
             Refusal::BadUpgrade => "bad_upgrade",
         }
@@ -75,7 +85,7 @@ pub struct Metrics {
     pub connections: Vec<Gauge>,
     /// Clients accepted (authenticated) since start.
     pub accepted: Counter,
-    refused: [Counter; 3],
+    refused: [Counter; 4],
     closes: [Counter; 7],
     /// `{"error": ...}` replies sent to clients.
     pub client_errors: Counter,
@@ -108,6 +118,150 @@ pub struct Metrics {
     pub stream_trimmed_unread: Counter,
     /// The backplane's families, per peer.
     pub peers: PeerFamilies,
+    /// AWX's API as authenticator.
+    pub auth: AuthMetrics,
+}
+
+/// The API authenticator's handles (`auth::api`): lookups answered from the
+/// cache or by a request, requests by outcome and duration, why the API
+/// was unavailable, requests in flight. Labels `kind` (`identity`,
+/// `access`), `result`, `outcome`, `reason` come from closed sets.
+#[derive(Clone)]
+pub struct AuthMetrics {
+    /// [kind][hit, miss]
+    lookups: [[Counter; 2]; 2],
+    /// [kind][ok, refused, unavailable]
+    requests: [[Counter; 3]; 2],
+    /// `Unavailable::ALL` order.
+    unavailable: Vec<Counter>,
+    in_flight: Gauge,
+    duration: Histogram,
+}
+
+impl AuthMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        use crate::auth::api::{Kind, Unavailable};
+        let kinds = [Kind::Identity, Kind::Access];
+        let lookups = Family::<Labels, Counter>::default();
+        registry.register(
+            "auth_lookups",
+            "Identity and access lookups: hit (answered from the cache or by a request already in flight) or miss (made a request to the API)",
+            lookups.clone(),
+        );
+        let requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "auth_requests",
+            "Requests to AWX's API by outcome: ok (200), refused (401/403, or 404 for access), unavailable",
+            requests.clone(),
+        );
+        let unavailable = Family::<Labels, Counter>::default();
+        registry.register(
+            "auth_unavailable",
+            "Lookups the API could not answer, by reason",
+            unavailable.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "auth_requests_in_flight",
+            "Requests to AWX's API in flight now",
+            in_flight.clone(),
+        );
+        let duration = Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ]);
+        registry.register(
+            "auth_request_duration_seconds",
+            "Time AWX's API took to answer, queueing included",
+            duration.clone(),
+        );
+        let get = |fam: &Family<Labels, Counter>, kind: Kind, key: &'static str, v: &str| {
+            fam.get_or_create(&vec![
+                ("kind", kind.label().to_owned()),
+                (key, v.to_owned()),
+            ])
+            .clone()
+        };
+        Self {
+            lookups: kinds.map(|k| ["hit", "miss"].map(|r| get(&lookups, k, "result", r))),
+            requests: kinds
+                .map(|k| ["ok", "refused", "unavailable"].map(|o| get(&requests, k, "outcome", o))),
+            unavailable: Unavailable::ALL
+                .iter()
+                .map(|u| {
+                    unavailable
+                        .get_or_create(&vec![("reason", u.label().to_owned())])
+                        .clone()
+                })
+                .collect(),
+            in_flight,
+            duration,
+        }
+    }
+
+    fn kind(kind: crate::auth::api::Kind) -> usize {
+        match kind {
+            crate::auth::api::Kind::Identity => 0,
+            crate::auth::api::Kind::Access => 1,
+        }
+    }
+
+    /// One lookup; `miss` when it made the request itself.
+    pub fn lookup(&self, kind: crate::auth::api::Kind, miss: bool) {
+        self.lookups[Self::kind(kind)][usize::from(miss)].inc();
+    }
+
+    /// One request's end: 200 (`Ok(Some)`), a refusal (`Ok(None)`), or the
+    /// API unavailable.
+    pub fn answered<T>(
+        &self,
+        kind: crate::auth::api::Kind,
+        verdict: &Result<Option<T>, crate::auth::api::Unavailable>,
+        took: std::time::Duration,
+    ) {
+        self.duration.observe(took.as_secs_f64());
+        let k = Self::kind(kind);
+        match verdict {
+            Ok(Some(_)) => {
+                self.requests[k][0].inc();
+            }
+            Ok(None) => {
+                self.requests[k][1].inc();
+            }
+            Err(why) => {
+                self.requests[k][2].inc();
+                self.unavailable_reason(*why);
+            }
+        }
+    }
+
+    /// A lookup that could not even be sent (the queue was full).
+    pub fn unavailable(&self, kind: crate::auth::api::Kind, why: crate::auth::api::Unavailable) {
+        self.requests[Self::kind(kind)][2].inc();
+        self.unavailable_reason(why);
+    }
+
+    fn unavailable_reason(&self, why: crate::auth::api::Unavailable) {
+        let i = crate::auth::api::Unavailable::ALL
+            .iter()
+            .position(|u| *u == why)
+            .expect("every reason has a counter");
+        self.unavailable[i].inc();
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+}
+
+/// Decrements the in-flight gauge on drop.
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Per-peer backplane metrics. The `peer` label is a configured peer
@@ -373,7 +527,7 @@ impl Metrics {
             "clients_refused",
             "Connection attempts refused",
             "reason",
-            &["auth_failed", "connection_limit", "bad_upgrade"],
+            &Refusal::ALL.map(Refusal::label),
         );
         let closes = labelled(
             &mut registry,
@@ -425,12 +579,14 @@ impl Metrics {
 
         let peers = PeerFamilies::default();
         peers.register(&mut registry);
+        let auth = AuthMetrics::register(&mut registry);
         Self {
             registry,
+            auth,
             peers,
             connections,
             accepted,
-            refused: refused.try_into().expect("three reasons"),
+            refused: refused.try_into().expect("one per reason"),
             closes: closes.try_into().expect("one per close kind"),
             client_errors,
             events_in_http: events_in[0].clone(),
@@ -469,9 +625,9 @@ impl Metrics {
     }
 
     pub fn refused(&self, why: Refusal) -> &Counter {
-        let i = ["auth_failed", "connection_limit", "bad_upgrade"]
+        let i = Refusal::ALL
             .iter()
-            .position(|l| *l == why.label())
+            .position(|r| *r == why)
             .expect("every refusal has a counter");
         &self.refused[i]
     }

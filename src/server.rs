@@ -9,6 +9,8 @@ use std::thread::JoinHandle;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{mpsc, watch};
 
+use crate::auth::api::AwxApi;
+use crate::auth::Authenticator;
 use crate::backplane::link::{LinkSettings, Links};
 use crate::backplane::{Backplane, PeerSpec};
 use crate::config::{Config, ConfigError};
@@ -35,6 +37,8 @@ pub enum StartError {
     Redis(#[from] crate::ingest::RedisError),
     #[error("cannot start the backplane thread: {0}")]
     Backplane(std::io::Error),
+    #[error("cannot start the API authenticator: {0}")]
+    Auth(std::io::Error),
 }
 
 /// A running node. Dropping it shuts the node down.
@@ -58,10 +62,10 @@ impl Node {
     /// Validates `config`, binds, and starts the workers. Returns once the
     /// listeners are bound, so clients can connect right away.
     pub fn start(config: Config) -> Result<Node, StartError> {
-        let auth = config.validate()?;
+        let setup = config.validate()?;
         let workers = config.worker_count();
         let io = transport::choose(config.io).map_err(StartError::Uring)?;
-        if auth.is_insecure() {
+        if setup.dev_insecure {
             tracing::warn!(
                 "DEV-INSECURE mode: every non-empty token is accepted as user 0. \
                  Never run this way where anyone else can connect."
@@ -84,6 +88,23 @@ impl Node {
             );
         }
         let metrics = Arc::new(Metrics::new(workers, io.name()));
+        if !config.auth_tls_verify && config.auth_url.is_some() {
+            tracing::warn!(
+                "--auth-tls-verify false: the AWX API's certificate is NOT checked; \
+                 session cookies and tokens are sent to whoever answers"
+            );
+        }
+        let api = match setup.api {
+            Some(s) => Some(Arc::new(
+                AwxApi::start(s, metrics.auth.clone()).map_err(StartError::Auth)?,
+            )),
+            None => None,
+        };
+        let auth = Authenticator {
+            jwt: setup.jwt,
+            api,
+            dev_insecure: setup.dev_insecure,
+        };
         let routes = Arc::new(Routes::default());
         let backplane = Arc::new(Backplane::new(
             config.node_id.clone(),
@@ -115,6 +136,7 @@ impl Node {
         let ctx = Arc::new(NodeContext {
             config,
             auth,
+            policy: setup.policy,
             metrics: metrics.clone(),
             routes,
             router,

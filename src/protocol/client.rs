@@ -8,6 +8,7 @@ use simd_json::prelude::*;
 use simd_json::BorrowedValue;
 
 use super::json;
+use crate::auth::policy::{Decision, Policy};
 use crate::auth::Identity;
 
 /// AWX's reply to a bad `xrftoken` or a non-list group value.
@@ -20,6 +21,8 @@ pub struct GroupLimits {
     pub max_groups: usize,
     /// Longest accepted group name in bytes.
     pub max_group_name: usize,
+    /// Groups in one message that may need an API access check.
+    pub max_access_checks: usize,
 }
 
 /// What the connection knows about its client when a message arrives.
@@ -38,19 +41,45 @@ pub struct Plan {
     pub errors: Vec<String>,
     /// The complete new subscription set, when the message replaces it.
     pub subscribe: Option<BTreeSet<String>>,
+    /// Groups in `subscribe` that stay only if AWX's API allows them
+    /// (clients authenticated by the API; see `auth::policy`).
+    pub checks: Vec<AccessCheck>,
+}
+
+/// One per-object question for AWX's API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessCheck {
+    /// The group as the client named it: `kind-id`.
+    pub group: String,
+    pub kind: String,
+    pub id: String,
+    /// The API path whose 200 allows it.
+    pub path: String,
+}
+
+impl AccessCheck {
+    /// AWX's answer when the API says no.
+    pub fn denial(&self) -> String {
+        denial(&self.kind, &self.id)
+    }
+}
+
+/// AWX's per-object denial text.
+fn denial(kind: &str, id: &str) -> String {
+    format!("access denied to channel {kind} for resource id {id}")
 }
 
 impl Plan {
     fn error(text: impl Into<String>) -> Self {
         Plan {
             errors: vec![text.into()],
-            subscribe: None,
+            ..Plan::default()
         }
     }
 }
 
 /// Plans the answer to a client text message. `text` is parsed in place.
-pub fn plan(text: &mut [u8], session: Session<'_>, limits: GroupLimits) -> Plan {
+pub fn plan(text: &mut [u8], session: Session<'_>, limits: GroupLimits, policy: &Policy) -> Plan {
     // Before simd-json recurses into it (see `json`).
     if json::nests_deeper_than(text, json::MAX_DEPTH) {
         return Plan::error(format!(
@@ -102,10 +131,27 @@ pub fn plan(text: &mut [u8], session: Session<'_>, limits: GroupLimits) -> Plan 
                 continue;
             }
             if !session.identity.allows(&name) {
-                plan.errors.push(format!(
-                    "access denied to channel {kind} for resource id {id}"
-                ));
+                plan.errors.push(denial(kind, &id));
                 continue;
+            }
+            match policy.decide(&name, session.identity.user_id) {
+                Decision::Allow => {}
+                Decision::Deny => {
+                    plan.errors.push(denial(kind, &id));
+                    continue;
+                }
+                // A JWT client's `groups` claim is its access list; only
+                // clients AWX's API vouched for are asked about objects.
+                Decision::Ask(path) => {
+                    if session.identity.api.is_some() && !target.contains(&name) {
+                        plan.checks.push(AccessCheck {
+                            group: name.clone(),
+                            kind: kind.to_string(),
+                            id,
+                            path,
+                        });
+                    }
+                }
             }
             target.insert(name);
         }
@@ -115,6 +161,13 @@ pub fn plan(text: &mut [u8], session: Session<'_>, limits: GroupLimits) -> Plan 
             "too many groups: {} requested, limit {}",
             target.len(),
             limits.max_groups
+        ));
+    }
+    if plan.checks.len() > limits.max_access_checks {
+        return Plan::error(format!(
+            "too many groups needing an access check: {} requested, limit {}",
+            plan.checks.len(),
+            limits.max_access_checks
         ));
     }
     plan.subscribe = Some(target);
@@ -176,13 +229,11 @@ mod tests {
     const LIMITS: GroupLimits = GroupLimits {
         max_groups: 4,
         max_group_name: 32,
+        max_access_checks: 2,
     };
 
     fn anyone() -> Identity {
-        Identity {
-            user_id: 1,
-            patterns: None,
-        }
+        Identity::anyone(1)
     }
 
     fn check_with(identity: &Identity, cookie: Option<&str>, input: &str, expected: Plan) {
@@ -192,7 +243,7 @@ mod tests {
             csrf_cookie: cookie,
         };
         assert_eq!(
-            plan(&mut bytes, session, LIMITS),
+            plan(&mut bytes, session, LIMITS, &Policy::default()),
             expected,
             "input: {input}"
         );
@@ -206,6 +257,7 @@ mod tests {
         Plan {
             errors: errors.iter().map(|s| s.to_string()).collect(),
             subscribe: Some(groups.iter().map(|s| s.to_string()).collect()),
+            checks: Vec::new(),
         }
     }
 
@@ -222,12 +274,12 @@ mod tests {
         check(r#"{"groups": {"jobs": []}}"#, subscribe(&[], &[]));
         check(r#"{"xrftoken": "abc"}"#, Plan::default());
         check(
-            r#"{"groups": {"job_events": [1, 2.5, true, "x"]}}"#,
+            r#"{"groups": {"jobs": [1, 2.5, true, "x"]}}"#,
             subscribe(
-                &["job_events-1", "job_events-x"],
+                &["jobs-1", "jobs-x"],
                 &[
-                    "invalid resource id for channel job_events: want an integer or a string",
-                    "invalid resource id for channel job_events: want an integer or a string",
+                    "invalid resource id for channel jobs: want an integer or a string",
+                    "invalid resource id for channel jobs: want an integer or a string",
                 ],
             ),
         );
@@ -260,8 +312,8 @@ mod tests {
     #[test]
     fn per_resource_denial() {
         let limited = Identity {
-            user_id: 3,
             patterns: Some(vec!["job_events-4*".into()]),
+            ..Identity::anyone(3)
         };
         check_with(
             &limited,
@@ -274,6 +326,67 @@ mod tests {
                     "access denied to channel jobs for resource id status_changed",
                 ],
             ),
+        );
+    }
+
+    #[test]
+    fn policy_rules_apply_to_every_client() {
+        // AWX's defaults: nobody joins the relay's broadcast group, and a
+        // user's control group is that user's alone.
+        check(
+            r#"{"groups": {"broadcast": ["group_send"], "control": ["limit_reached_1", "limit_reached_2"]}}"#,
+            subscribe(
+                &["control-limit_reached_1"],
+                &[
+                    "access denied to channel broadcast for resource id group_send",
+                    "access denied to channel control for resource id limit_reached_2",
+                ],
+            ),
+        );
+    }
+
+    #[test]
+    fn api_clients_get_object_checks_planned() {
+        let creds = crate::protocol::http::parse_head(
+            b"GET / HTTP/1.1\r\nCookie: sessionid=s\r\n\r\n",
+            1024,
+        )
+        .unwrap()
+        .unwrap();
+        let api_user = Identity {
+            api: crate::auth::api::Credentials::from_head(&creds).map(std::sync::Arc::new),
+            ..Identity::anyone(1)
+        };
+        let check_of = |id: &str| AccessCheck {
+            group: format!("job_events-{id}"),
+            kind: "job_events".into(),
+            id: id.into(),
+            path: format!("/api/v2/jobs/{id}/"),
+        };
+        check_with(
+            &api_user,
+            None,
+            r#"{"groups": {"job_events": [42, "x", 42], "jobs": ["status_changed"]}}"#,
+            Plan {
+                errors: vec!["access denied to channel job_events for resource id x".into()],
+                subscribe: Some(
+                    ["job_events-42", "jobs-status_changed"]
+                        .map(String::from)
+                        .into(),
+                ),
+                checks: vec![check_of("42")],
+            },
+        );
+        check_with(
+            &api_user,
+            None,
+            r#"{"groups": {"job_events": [1, 2, 3]}}"#,
+            Plan::error("too many groups needing an access check: 3 requested, limit 2"),
+        );
+        // A JWT client is governed by its token's claim instead.
+        check(
+            r#"{"groups": {"job_events": [1, 2, 3]}}"#,
+            subscribe(&["job_events-1", "job_events-2", "job_events-3"], &[]),
         );
     }
 

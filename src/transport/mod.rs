@@ -75,6 +75,8 @@ pub fn choose(mode: IoMode) -> std::io::Result<Io> {
 pub(crate) struct NodeContext {
     pub config: Config,
     pub auth: Authenticator,
+    /// Which groups a client may join.
+    pub policy: crate::auth::policy::Policy,
     pub metrics: Arc<Metrics>,
     pub routes: Arc<Routes>,
     pub router: Arc<Router>,

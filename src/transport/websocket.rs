@@ -20,7 +20,7 @@ use tokio::time::{timeout, Instant};
 use super::conn;
 use super::stream::{Stream, IOVECS, READ_CHUNK};
 use super::worker::Worker;
-use crate::auth::Identity;
+use crate::auth::{AuthError, Identity};
 use crate::fanout::{RouteDelta, SubId};
 use crate::metrics::{Refusal, ServerClose};
 use crate::protocol::client::{self as msg, GroupLimits};
@@ -55,18 +55,21 @@ pub(super) async fn run<S: Stream>(
     {
         return;
     }
-    let token = head
-        .query_param("token")
-        .or_else(|| head.bearer().map(str::to_owned));
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let identity = match ctx.auth.authenticate(token.as_deref(), now) {
+    // Boxed: an API lookup's state is large and lives only until the
+    // accept; inline, it would size every connection's task for life.
+    let identity = match Box::pin(ctx.auth.authenticate(&head, now)).await {
         Ok(identity) => identity,
         Err(e) => {
-            m.refused(Refusal::AuthFailed).inc();
+            let why = match e {
+                AuthError::Unavailable(_) => Refusal::AuthUnavailable,
+                _ => Refusal::AuthFailed,
+            };
+            m.refused(why).inc();
             tracing::info!(reason = %e, "client refused");
-            refuse(stream, &format!("authentication failed: {e}"), &worker).await;
+            refuse(stream, &e.close_reason(), &worker).await;
             return;
         }
     };
@@ -311,12 +314,17 @@ impl Session<'_> {
         let limits = GroupLimits {
             max_groups: cfg.max_groups,
             max_group_name: cfg.max_group_name,
+            max_access_checks: cfg.max_access_checks,
         };
         let session = msg::Session {
             identity: &self.identity,
             csrf_cookie: self.csrf_cookie.as_deref(),
         };
-        let plan = msg::plan(text, session, limits);
+        let mut plan = msg::plan(text, session, limits, &self.worker.ctx.policy);
+        if !plan.checks.is_empty() {
+            // Boxed for the same reason as the subscribe wait below.
+            Box::pin(self.check_access(&mut plan)).await;
+        }
         let m = &self.worker.ctx.metrics;
         m.client_errors.inc_by(plan.errors.len() as u64);
         for e in &plan.errors {
@@ -348,6 +356,38 @@ impl Session<'_> {
             Box::pin(followers_caught_up(&self.worker.ctx, epoch)).await;
         }
         self.control(frame::text_frame(reply.as_bytes()));
+    }
+
+    /// Asks AWX's API about every object the plan needs (concurrently;
+    /// cached and coalesced per user and group in `auth::api`) and drops
+    /// the groups it does not allow, with AWX's denial text. When the API
+    /// cannot answer, the group is left out with a reason: failing open
+    /// would show a job's output to someone AWX never cleared.
+    async fn check_access(&self, plan: &mut msg::Plan) {
+        let (Some(api), Some(creds)) = (&self.worker.ctx.auth.api, &self.identity.api) else {
+            return;
+        };
+        let uid = self.identity.user_id;
+        let answers = futures_util::future::join_all(
+            plan.checks
+                .iter()
+                .map(|c| api.may_see(uid, creds, &c.group, &c.path)),
+        )
+        .await;
+        for (check, answer) in plan.checks.drain(..).zip(answers) {
+            let error = match answer {
+                Ok(true) => continue,
+                Ok(false) => check.denial(),
+                Err(why) => format!(
+                    "access check unavailable for channel {} resource id {}: {why}",
+                    check.kind, check.id
+                ),
+            };
+            plan.errors.push(error);
+            if let Some(target) = &mut plan.subscribe {
+                target.remove(&check.group);
+            }
+        }
     }
 
     /// Writes queued frames until the queue's close frame is written. Each

@@ -2,6 +2,7 @@
 //! HS256 primitives directly, a tokio-tungstenite client, raw HTTP.
 #![allow(dead_code)]
 
+pub mod awx_api;
 pub mod redis;
 
 use std::net::SocketAddr;

@@ -1,104 +1,38 @@
-//! Client authentication: who a websocket client is and which groups it may
-//! join. Verification takes the clock as an argument; no I/O here.
-//!
-//! HS256 is verified here with `hmac` + `sha2` (already needed for the
-//! backplane secret) rather than `jsonwebtoken`, whose pure-Rust backend
-//! pulls RSA, ECDSA and EdDSA stacks into the build for this one algorithm.
+//! HS256 JWTs, verified locally with `hmac` + `sha2` (already needed for
+//! the backplane secret) rather than `jsonwebtoken`, whose pure-Rust
+//! backend pulls RSA, ECDSA and EdDSA stacks into the build for this one
+//! algorithm. The clock is an argument; no I/O here.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use super::{AuthError, Identity};
+
 type HmacSha256 = Hmac<Sha256>;
 
-/// Why a token was refused. The text goes into the close reason, so it is
-/// short and never echoes the token.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
-    #[error("missing token")]
-    MissingToken,
-    #[error("malformed token: {0}")]
-    Malformed(&'static str),
-    #[error("unsupported token algorithm")]
-    UnsupportedAlgorithm,
-    #[error("bad token signature")]
-    BadSignature,
-    #[error("token expired")]
-    Expired,
-    #[error("token not yet valid")]
-    NotYetValid,
-    #[error("token lacks claim {0}")]
-    MissingClaim(&'static str),
-    #[error("token sub is not a decimal user id")]
-    InvalidSubject,
-}
-
-/// An authenticated client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    pub user_id: u64,
-    /// Group patterns from the token's `groups` claim; `None` allows all.
-    pub patterns: Option<Vec<String>>,
-}
-
-impl Identity {
-    /// Whether this client may join `group`. A pattern ending in `*` matches
-    /// every group starting with the rest; any other pattern must be equal.
-    pub fn allows(&self, group: &str) -> bool {
-        let Some(patterns) = &self.patterns else {
-            return true;
-        };
-        patterns.iter().any(|p| match p.strip_suffix('*') {
-            Some(prefix) => group.starts_with(prefix),
-            None => p == group,
-        })
-    }
-}
-
-/// How tokens are verified.
+/// A verifier of HS256 tokens signed with one secret.
 #[derive(Clone)]
-pub enum Authenticator {
-    /// HS256 JWTs signed with this secret; `exp` is required.
-    Jwt { secret: Vec<u8>, leeway_secs: u64 },
-    /// Any non-empty token is user 0 with access to every group. For local
-    /// development only; the server logs a warning on every connection.
-    DevInsecure,
+pub struct Jwt {
+    pub secret: Vec<u8>,
+    /// Clock skew allowed on `exp` and `nbf`, seconds.
+    pub leeway_secs: u64,
 }
 
-impl std::fmt::Debug for Authenticator {
+impl std::fmt::Debug for Jwt {
     // Hand-written so the secret never reaches a log line.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Authenticator::Jwt { leeway_secs, .. } => f
-                .debug_struct("Jwt")
-                .field("leeway_secs", leeway_secs)
-                .finish_non_exhaustive(),
-            Authenticator::DevInsecure => f.write_str("DevInsecure"),
-        }
+        f.debug_struct("Jwt")
+            .field("leeway_secs", &self.leeway_secs)
+            .finish_non_exhaustive()
     }
 }
 
-impl Authenticator {
-    pub fn is_insecure(&self) -> bool {
-        matches!(self, Authenticator::DevInsecure)
-    }
-
+impl Jwt {
     /// Verifies `token` at time `now_unix` (seconds since the epoch).
-    pub fn authenticate(&self, token: Option<&str>, now_unix: u64) -> Result<Identity, AuthError> {
-        let token = token
-            .filter(|t| !t.is_empty())
-            .ok_or(AuthError::MissingToken)?;
-        match self {
-            Authenticator::DevInsecure => Ok(Identity {
-                user_id: 0,
-                patterns: None,
-            }),
-            Authenticator::Jwt {
-                secret,
-                leeway_secs,
-            } => verify_hs256(secret, token, now_unix, *leeway_secs),
-        }
+    pub fn verify(&self, token: &str, now_unix: u64) -> Result<Identity, AuthError> {
+        verify_hs256(&self.secret, token, now_unix, self.leeway_secs)
     }
 }
 
@@ -115,7 +49,7 @@ struct Claims {
     groups: Option<Vec<String>>,
 }
 
-fn verify_hs256(
+pub(super) fn verify_hs256(
     secret: &[u8],
     token: &str,
     now_unix: u64,
@@ -166,6 +100,7 @@ fn verify_hs256(
     Ok(Identity {
         user_id,
         patterns: claims.groups,
+        api: None,
     })
 }
 
@@ -188,22 +123,19 @@ mod tests {
 
     const NOW: u64 = 1_700_000_000;
 
-    fn jwt() -> Authenticator {
-        Authenticator::Jwt {
+    fn jwt() -> Jwt {
+        Jwt {
             secret: b"s3cret".to_vec(),
             leeway_secs: 30,
         }
     }
 
     fn check(token: &str, expected: Result<Identity, AuthError>) {
-        assert_eq!(jwt().authenticate(Some(token), NOW), expected);
+        assert_eq!(jwt().verify(token, NOW), expected);
     }
 
     fn user(id: u64) -> Result<Identity, AuthError> {
-        Ok(Identity {
-            user_id: id,
-            patterns: None,
-        })
+        Ok(Identity::anyone(id))
     }
 
     #[test]
@@ -262,34 +194,5 @@ mod tests {
             Err(AuthError::Malformed("want three dot-separated parts")),
         );
         check("!!.b.c", Err(AuthError::Malformed("bad base64url")));
-        assert_eq!(jwt().authenticate(None, NOW), Err(AuthError::MissingToken));
-        assert_eq!(
-            jwt().authenticate(Some(""), NOW),
-            Err(AuthError::MissingToken)
-        );
-    }
-
-    #[test]
-    fn dev_insecure_needs_a_non_empty_token() {
-        let a = Authenticator::DevInsecure;
-        assert_eq!(a.authenticate(Some("anything"), 0), user(0));
-        assert_eq!(a.authenticate(None, 0), Err(AuthError::MissingToken));
-    }
-
-    #[test]
-    fn group_patterns() {
-        let id = Identity {
-            user_id: 1,
-            patterns: Some(vec!["job_events-*".into(), "jobs-status_changed".into()]),
-        };
-        assert!(id.allows("job_events-42"));
-        assert!(id.allows("jobs-status_changed"));
-        assert!(!id.allows("jobs-summary"));
-        assert!(!id.allows("job_events"));
-        let all = Identity {
-            user_id: 1,
-            patterns: None,
-        };
-        assert!(all.allows("anything"));
     }
 }
