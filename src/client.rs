@@ -84,14 +84,25 @@ impl Client {
 
     /// Upgrades an already connected stream.
     pub async fn upgrade(
+        stream: TcpStream,
+        addr: SocketAddr,
+        path_and_query: &str,
+    ) -> Result<Client, ClientError> {
+        Self::upgrade_with(stream, addr, path_and_query, "").await
+    }
+
+    /// Upgrades with extra request header lines (each ending in `\r\n`),
+    /// for example a `Cookie:` line.
+    pub async fn upgrade_with(
         mut stream: TcpStream,
         addr: SocketAddr,
         path_and_query: &str,
+        headers: &str,
     ) -> Result<Client, ClientError> {
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
         let req = format!(
             "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+             Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n{headers}\r\n"
         );
         stream.write_all(req.as_bytes()).await?;
         let mut buf = BytesMut::with_capacity(16 * 1024);

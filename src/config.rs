@@ -42,6 +42,12 @@ pub enum ConfigError {
     Database(String),
     #[error("--discover-peers postgres needs --awx-database (AWX's PostgreSQL) to LISTEN on")]
     DiscoveryWithoutDatabase,
+    #[error(
+        "--heartbeat-channel {0:?}: want a PostgreSQL identifier (letters, digits, _; at most 63)"
+    )]
+    HeartbeatChannel(String),
+    #[error("--awx-database-ca-file {path}: {why}")]
+    DatabaseCa { path: PathBuf, why: String },
     #[error("{0} must be at least 1")]
     Zero(&'static str),
     #[error("--workers must be at most {MAX_WORKERS}, got {0}")]
@@ -254,6 +260,12 @@ pub struct Config {
     /// AWX's PostgreSQL (`postgresql://...`): this node announces itself on
     /// `heartbeat_channel` as AWX's web nodes do. Default none.
     pub awx_database: Option<String>,
+    /// Extra PEM CAs for the database's TLS (with `sslmode=require` or
+    /// `prefer`). Default none (the Mozilla roots only).
+    pub awx_database_ca_file: Option<PathBuf>,
+    /// Send heartbeats when `awx_database` is set. Default on; off for a
+    /// node that only discovers (AWX's task-side relay).
+    pub announce: bool,
     /// The NOTIFY channel of AWX's web-node heartbeat. Default
     /// `web_ws_heartbeat`.
     pub heartbeat_channel: String,
@@ -331,6 +343,8 @@ impl Default for Config {
             access: Vec::new(),
             max_access_checks: 100,
             awx_database: None,
+            awx_database_ca_file: None,
+            announce: true,
             heartbeat_channel: "web_ws_heartbeat".to_owned(),
             heartbeat_interval: Duration::from_secs(15),
             advertise_ip: None,
@@ -419,13 +433,21 @@ impl Config {
         let api = self.api_settings()?;
         let policy = Policy::with(&self.access).map_err(ConfigError::Access)?;
         if self.awx_database.is_some() || self.discover_peers.is_some() {
+            self.heartbeat()?;
             self.database()?;
         }
         if self.heartbeat_interval.is_zero() {
             return Err(ConfigError::Zero("heartbeat-interval-secs"));
         }
-        if self.heartbeat_channel.is_empty() {
-            return Err(ConfigError::Empty("heartbeat-channel"));
+        let ident = |s: &str| {
+            s.len() <= 63
+                && s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        };
+        if !ident(&self.heartbeat_channel) {
+            return Err(ConfigError::HeartbeatChannel(
+                self.heartbeat_channel.clone(),
+            ));
         }
         if self.discover_peers.is_some() && self.backplane_secret.is_none() {
             return Err(ConfigError::NoBackplaneSecret);
@@ -480,6 +502,36 @@ impl Config {
             timeout: self.auth_timeout,
             max_inflight: self.auth_max_inflight,
             tls,
+        }))
+    }
+
+    /// The heartbeat and discovery settings, when `awx_database` is set.
+    pub fn heartbeat(
+        &self,
+    ) -> Result<Option<crate::backplane::heartbeat::HeartbeatSettings>, ConfigError> {
+        use crate::backplane::heartbeat::{DialAs, HeartbeatSettings};
+        if self.awx_database.is_none() {
+            return Ok(None);
+        }
+        let tls = crate::tls::client_config(true, self.awx_database_ca_file.as_deref()).map_err(
+            |why| ConfigError::DatabaseCa {
+                path: self.awx_database_ca_file.clone().unwrap_or_default(),
+                why,
+            },
+        )?;
+        Ok(Some(HeartbeatSettings {
+            db: self.database()?,
+            tls,
+            channel: self.heartbeat_channel.clone(),
+            interval: self.heartbeat_interval,
+            hostname: self.node_id.clone(),
+            ip: self.advertise_ip.clone(),
+            announce: self.announce,
+            discover: self.discover_peers.map(|Discovery::Postgres| DialAs {
+                tls: self.discover_scheme == DialScheme::Wss,
+                port: self.discover_port,
+            }),
+            backoff_max: self.peer_backoff_max,
         }))
     }
 
@@ -697,6 +749,12 @@ pub struct Settings {
     /// AWX's PostgreSQL URL: announce this node with AWX's web-node heartbeat
     #[arg(long, env = "WSRELAY_AWX_DATABASE", hide_env_values = true)]
     pub awx_database: Option<String>,
+    /// Extra PEM CA certificates for the database's TLS
+    #[arg(long, env = "WSRELAY_AWX_DATABASE_CA_FILE")]
+    pub awx_database_ca_file: Option<PathBuf>,
+    /// Send heartbeats when --awx-database is set [default: true]
+    #[arg(long, env = "WSRELAY_ANNOUNCE", num_args = 0..=1, default_missing_value = "true")]
+    pub announce: Option<bool>,
     /// NOTIFY channel of the heartbeat [default: web_ws_heartbeat]
     #[arg(long, env = "WSRELAY_HEARTBEAT_CHANNEL")]
     pub heartbeat_channel: Option<String>,
@@ -826,6 +884,8 @@ impl Settings {
             access,
             max_access_checks,
             awx_database,
+            awx_database_ca_file,
+            announce,
             heartbeat_channel,
             heartbeat_interval_secs,
             advertise_ip,
@@ -905,6 +965,8 @@ impl Settings {
                 .collect(),
             max_access_checks: self.max_access_checks.unwrap_or(d.max_access_checks),
             awx_database: self.awx_database,
+            awx_database_ca_file: self.awx_database_ca_file,
+            announce: self.announce.unwrap_or(d.announce),
             heartbeat_channel: self.heartbeat_channel.unwrap_or(d.heartbeat_channel),
             heartbeat_interval: self
                 .heartbeat_interval_secs

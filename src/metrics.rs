@@ -120,6 +120,81 @@ pub struct Metrics {
     pub peers: PeerFamilies,
     /// AWX's API as authenticator.
     pub auth: AuthMetrics,
+    /// AWX's PostgreSQL heartbeat and discovery.
+    pub heartbeat: HeartbeatMetrics,
+}
+
+/// AWX's web-node heartbeat (`backplane::heartbeat`).
+#[derive(Clone)]
+pub struct HeartbeatMetrics {
+    /// 1 while the announcing connection works.
+    pub up_announce: Gauge,
+    /// 1 while the LISTEN connection works.
+    pub up_discover: Gauge,
+    /// Heartbeats sent.
+    pub heartbeats: Counter,
+    /// Nodes discovered and not gone.
+    pub nodes: Gauge,
+    /// Failed connections and statements.
+    pub errors: Counter,
+    notifications: Family<Labels, Counter>,
+}
+
+impl HeartbeatMetrics {
+    const OUTCOMES: [&'static str; 5] = ["online", "offline", "own", "bad", "ignored"];
+
+    fn register(registry: &mut Registry) -> Self {
+        let up = Family::<Labels, Gauge>::default();
+        registry.register(
+            "awx_database_up",
+            "1 while the connection to AWX's PostgreSQL works, by role (announce, discover)",
+            up.clone(),
+        );
+        let role = |r: &str| up.get_or_create(&vec![("role", r.to_owned())]).clone();
+        let heartbeats = Counter::default();
+        registry.register(
+            "heartbeats_sent",
+            "Web-node heartbeats this node sent (NOTIFY)",
+            heartbeats.clone(),
+        );
+        let nodes = Gauge::default();
+        registry.register(
+            "discovered_nodes",
+            "Nodes announced online on the heartbeat channel and not gone",
+            nodes.clone(),
+        );
+        let errors = Counter::default();
+        registry.register(
+            "awx_database_errors",
+            "Failed connections or statements on AWX's PostgreSQL",
+            errors.clone(),
+        );
+        let notifications = Family::<Labels, Counter>::default();
+        registry.register(
+            "heartbeat_notifications",
+            "Heartbeats read: online, offline, own (this node's), bad (skipped), ignored (directory full)",
+            notifications.clone(),
+        );
+        for o in Self::OUTCOMES {
+            let _ = notifications.get_or_create(&vec![("outcome", o.to_owned())]);
+        }
+        Self {
+            up_announce: role("announce"),
+            up_discover: role("discover"),
+            heartbeats,
+            nodes,
+            errors,
+            notifications,
+        }
+    }
+
+    /// The counter of one outcome (from `OUTCOMES`).
+    pub fn notification(&self, outcome: &'static str) -> Counter {
+        debug_assert!(Self::OUTCOMES.contains(&outcome));
+        self.notifications
+            .get_or_create(&vec![("outcome", outcome.to_owned())])
+            .clone()
+    }
 }
 
 /// The API authenticator's handles (`auth::api`): lookups answered from the
@@ -580,9 +655,11 @@ impl Metrics {
         let peers = PeerFamilies::default();
         peers.register(&mut registry);
         let auth = AuthMetrics::register(&mut registry);
+        let heartbeat = HeartbeatMetrics::register(&mut registry);
         Self {
             registry,
             auth,
+            heartbeat,
             peers,
             connections,
             accepted,

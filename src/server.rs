@@ -81,6 +81,7 @@ impl Node {
             })?;
         let peers = config.peer_specs()?;
         let link_settings = LinkSettings::from_config(&config)?;
+        let heartbeat = config.heartbeat()?;
         if !config.peer_tls_verify {
             tracing::warn!(
                 "--peer-tls-verify false: wss:// peers' certificates are NOT checked \
@@ -159,6 +160,7 @@ impl Node {
             peers,
             ctx.config.redis.first().cloned(),
             ctx.redis_ack.clone(),
+            heartbeat,
         )
         .map_err(StartError::Backplane)?;
         tracing::info!(%addr, workers, io = io.name(), node = ctx.config.node_id, "wsrelay listening");

@@ -5,12 +5,14 @@
 //! Scenarios so far: `storm` (jobs x viewers + status watchers), `fanout`
 //! (one group, many subscribers: a one-job storm), both with `--find-max`,
 //! `ingest` (Redis into the fan-out), `connections` (idle clients, RSS per
-//! connection), `soak` (a long storm: drift) and `cluster` (the storm over
+//! connection), `connects` (authentication rate: JWT, AWX's API cold and
+//! warm), `soak` (a long storm: drift) and `cluster` (the storm over
 //! several nodes linked by the backplane).
 
 mod chart;
 mod cluster;
 mod connections;
+mod connects;
 mod fanout;
 mod ingest;
 mod layer;
@@ -36,6 +38,8 @@ enum Scenario {
     Storm(storm::Options),
     /// Many idle subscribed clients: the node's memory per connection
     Connections(connections::Options),
+    /// New clients per second by JWT or through AWX's API (cache cold or warm), and API calls per storm
+    Connects(connects::Options),
     /// A storm for a long fixed time: drift in latency and memory
     Soak(storm::SoakOptions),
     /// The storm across a mesh of nodes: emitted on one, viewed on the others
@@ -49,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Ingest(opts) => ingest::run(&opts),
         Scenario::Storm(opts) => storm::run(&opts),
         Scenario::Connections(opts) => connections::run(&opts),
+        Scenario::Connects(opts) => connects::run(&opts),
         Scenario::Soak(opts) => storm::soak(&opts),
         Scenario::Cluster(opts) => cluster::run(&opts),
     }

@@ -440,3 +440,68 @@ fn cluster_is_lossless_across_the_backplane_in_both_protocols() {
         assert!(r["backplane_bytes_per_sec"].as_f64().unwrap() > 0.0, "{r}");
     }
 }
+
+#[test]
+fn connects_through_awx_api_cost_one_call_per_session() {
+    let io = if wsrelay::probe_uring().is_ok() {
+        "uring"
+    } else {
+        "epoll"
+    };
+    // A cold cache: 300 connects over 30 sessions, 100 at once.
+    let cold = run(
+        "connects-cold",
+        &[
+            "connects",
+            "--auth",
+            "session",
+            "--clients",
+            "300",
+            "--sessions",
+            "30",
+            "--concurrency",
+            "100",
+            "--io",
+            io,
+        ],
+    );
+    assert_eq!(cold["refused"], 0, "{cold}");
+    assert_eq!(cold["api_calls"], 30, "{cold}");
+    for key in [
+        "connects_per_sec",
+        "p50_ms",
+        "p99_ms",
+        "node_cpu_pct",
+        "api_cpu_pct",
+        "generator_cpu_pct",
+        "saturated",
+    ] {
+        assert!(!cold[key].is_null(), "{key} missing in {cold}");
+    }
+    // Warm: no call at all.
+    let warm = run(
+        "connects-warm",
+        &[
+            "connects",
+            "--auth",
+            "session",
+            "--clients",
+            "200",
+            "--sessions",
+            "20",
+            "--warm",
+            "--io",
+            io,
+        ],
+    );
+    assert_eq!(
+        (warm["refused"].as_u64(), warm["api_calls"].as_u64()),
+        (Some(0), Some(0)),
+        "{warm}"
+    );
+    let jwt = run(
+        "connects-jwt",
+        &["connects", "--auth", "jwt", "--clients", "200", "--io", io],
+    );
+    assert_eq!(jwt["refused"], 0, "{jwt}");
+}

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
 
 use super::awx::{self, Era};
+use super::heartbeat::{self, HeartbeatSettings};
 use super::outbox::{Interest, Pending, Sink, SinkLimits};
 use super::peer::{PeerProtocol, PeerSpec};
 use super::wire::{self, EventsWriter, PeerMessage};
@@ -103,16 +104,39 @@ impl LinkSettings {
     }
 }
 
+/// The peers to keep links to: those configured (`--peer`, SIGHUP) and
+/// those discovered through AWX's heartbeats.
+#[derive(Debug, Clone, Default)]
+struct PeerSets {
+    configured: Vec<PeerSpec>,
+    discovered: Vec<PeerSpec>,
+}
+
+impl PeerSets {
+    /// Both lists; a discovered node that is also configured (same host
+    /// and port) is dialled as configured.
+    fn all(&self) -> Vec<PeerSpec> {
+        let mut out = self.configured.clone();
+        for d in &self.discovered {
+            if !out.iter().any(|c| c.host == d.host && c.port == d.port) {
+                out.push(d.clone());
+            }
+        }
+        out
+    }
+}
+
 /// The running link set. Dropping it stops every link.
 pub struct Links {
-    peers: watch::Sender<Vec<PeerSpec>>,
+    peers: Arc<watch::Sender<PeerSets>>,
     stop: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Links {
-    /// Starts the backplane thread with `peers`, and the AWX stats writer
-    /// when `redis` is set; `redis_ack` follows the Redis ingest's
+    /// Starts the backplane thread with `peers`, the AWX stats writer
+    /// when `redis` is set, and AWX's heartbeat (announcing, discovering)
+    /// when `heartbeat` is; `redis_ack` follows the Redis ingest's
     /// memberships.
     pub fn spawn(
         bp: Arc<Backplane>,
@@ -121,8 +145,14 @@ impl Links {
         peers: Vec<PeerSpec>,
         redis: Option<String>,
         redis_ack: Option<watch::Receiver<u64>>,
+        heartbeat: Option<HeartbeatSettings>,
     ) -> io::Result<Links> {
-        let (peers_tx, peers_rx) = watch::channel(peers);
+        let (peers_tx, peers_rx) = watch::channel(PeerSets {
+            configured: peers,
+            discovered: Vec::new(),
+        });
+        let peers_tx = Arc::new(peers_tx);
+        let discovered = peers_tx.clone();
         let (stop, stop_rx) = watch::channel(false);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -146,7 +176,29 @@ impl Links {
                             stop_rx.clone(),
                         ));
                     }
+                    let announcing = heartbeat.map(|hb| {
+                        let hb = std::rc::Rc::new(hb);
+                        let m = ctx.bp.metrics.heartbeat.clone();
+                        if let Some(dial) = hb.discover {
+                            let found = move |peers: Vec<PeerSpec>| {
+                                discovered.send_modify(|s| s.discovered = peers);
+                            };
+                            let stop = stop_rx.clone();
+                            let task =
+                                heartbeat::discover(hb.clone(), dial, m.clone(), found, stop);
+                            tokio::task::spawn_local(task);
+                        }
+                        hb.announce.then(|| {
+                            let stop = stop_rx.clone();
+                            tokio::task::spawn_local(heartbeat::announce(hb, m, stop))
+                        })
+                    });
                     manage(ctx, peers_rx, stop_rx).await;
+                    // The `offline` announcement goes out before the thread
+                    // ends (bounded by its own timeout).
+                    if let Some(Some(task)) = announcing {
+                        let _ = task.await;
+                    }
                 });
             })?;
         Ok(Links {
@@ -159,7 +211,7 @@ impl Links {
     /// Replaces the peer list: new peers are dialled, removed ones dropped;
     /// links to peers in both lists are not touched.
     pub fn set_peers(&self, peers: Vec<PeerSpec>) {
-        self.peers.send_replace(peers);
+        self.peers.send_modify(|s| s.configured = peers);
     }
 
     pub fn stop(&mut self) {
@@ -187,13 +239,13 @@ struct LinkCtx {
 /// Keeps one task per configured peer, following the list.
 async fn manage(
     ctx: Arc<LinkCtx>,
-    mut peers: watch::Receiver<Vec<PeerSpec>>,
+    mut peers: watch::Receiver<PeerSets>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut running: HashMap<PeerSpec, (watch::Sender<bool>, tokio::task::JoinHandle<()>)> =
         HashMap::new();
     loop {
-        let want: Vec<PeerSpec> = peers.borrow_and_update().clone();
+        let want: Vec<PeerSpec> = peers.borrow_and_update().all();
         running.retain(|spec, (cancel, _)| {
             let keep = want.contains(spec);
             if !keep {
@@ -238,7 +290,7 @@ async fn run_link(ctx: Arc<LinkCtx>, spec: PeerSpec, mut cancel: watch::Receiver
     // The sink exists for the link's whole life, across reconnects: events
     // for the peer's last known interest wait in it while the link is down.
     let sink = match spec.protocol {
-        PeerProtocol::Native | PeerProtocol::Awx(Era::Y2022) => {
+        PeerProtocol::Native | PeerProtocol::Awx(Era::Y2022) | PeerProtocol::Auto => {
             let sink = Arc::new(Sink::new(
                 label.clone(),
                 Interest::Groups(Default::default()),
@@ -253,7 +305,7 @@ async fn run_link(ctx: Arc<LinkCtx>, spec: PeerSpec, mut cancel: watch::Receiver
     let mut was_up = false;
     loop {
         let session = async {
-            let conn = timeout(ctx.settings.connect_timeout, dial(&ctx, &spec))
+            let (conn, native_agreed) = timeout(ctx.settings.connect_timeout, dial(&ctx, &spec))
                 .await
                 .map_err(|_| LinkError::ConnectTimeout)??;
             if was_up {
@@ -263,10 +315,12 @@ async fn run_link(ctx: Arc<LinkCtx>, spec: PeerSpec, mut cancel: watch::Receiver
             attempt = 0;
             m.up.set(1);
             m.connected_since.set(unix_now() as i64);
-            tracing::info!(peer = %spec, "link up");
+            tracing::info!(peer = %spec, native = native_agreed, "link up");
             let r = match (spec.protocol, &sink) {
-                (PeerProtocol::Native, Some(sink)) => native(&ctx, conn, sink, &m).await,
-                (PeerProtocol::Awx(Era::Y2022), Some(sink)) => {
+                (PeerProtocol::Native | PeerProtocol::Auto, Some(sink)) if native_agreed => {
+                    native(&ctx, conn, sink, &m).await
+                }
+                (PeerProtocol::Awx(Era::Y2022) | PeerProtocol::Auto, Some(sink)) => {
                     awx_relay(&ctx, conn, sink, &m).await
                 }
                 _ => awx_broadcast(&ctx, conn, &spec, &m).await,
@@ -345,7 +399,9 @@ impl Writer {
     }
 }
 
-async fn dial(ctx: &LinkCtx, spec: &PeerSpec) -> Result<(Reader, Writer), LinkError> {
+/// Dials and upgrades; the flag says whether the native protocol was
+/// agreed (required for `Native`, a choice the peer makes for `Auto`).
+async fn dial(ctx: &LinkCtx, spec: &PeerSpec) -> Result<((Reader, Writer), bool), LinkError> {
     let tcp = TcpStream::connect((spec.host.as_str(), spec.port))
         .await
         .map_err(LinkError::Connect)?;
@@ -376,7 +432,8 @@ async fn dial(ctx: &LinkCtx, spec: &PeerSpec) -> Result<(Reader, Writer), LinkEr
         version = env!("CARGO_PKG_VERSION"),
         node = ctx.bp.node_id,
     );
-    if spec.protocol == PeerProtocol::Native {
+    let offer_native = matches!(spec.protocol, PeerProtocol::Native | PeerProtocol::Auto);
+    if offer_native {
         req.push_str(&format!(
             "Sec-WebSocket-Protocol: {}\r\n",
             wire::SUBPROTOCOL
@@ -418,23 +475,30 @@ async fn dial(ctx: &LinkCtx, spec: &PeerSpec) -> Result<(Reader, Writer), LinkEr
     if header_of("sec-websocket-accept").as_deref() != Some(http::accept_key(&key).as_str()) {
         return Err(LinkError::Refused("bad Sec-WebSocket-Accept".into()));
     }
-    if spec.protocol == PeerProtocol::Native
-        && header_of("sec-websocket-protocol").as_deref() != Some(wire::SUBPROTOCOL)
-    {
+    let native = match header_of("sec-websocket-protocol") {
+        None => false,
+        Some(p) if offer_native && p == wire::SUBPROTOCOL => true,
+        // RFC 6455 4.1: a subprotocol we did not offer fails the connection.
+        Some(_) => return Err(LinkError::Refused("unrequested subprotocol".into())),
+    };
+    if spec.protocol == PeerProtocol::Native && !native {
         return Err(LinkError::NotNative);
     }
     let _ = buf.split_to(end);
     let (rd, wr) = tokio::io::split(io);
     Ok((
-        Reader {
-            rd,
-            buf,
-            decoder: Decoder::new(Role::Client, ctx.settings.max_message),
-        },
-        Writer {
-            wr,
-            mask_seed: rand::random::<u32>() | 1,
-        },
+        (
+            Reader {
+                rd,
+                buf,
+                decoder: Decoder::new(Role::Client, ctx.settings.max_message),
+            },
+            Writer {
+                wr,
+                mask_seed: rand::random::<u32>() | 1,
+            },
+        ),
+        native,
     ))
 }
 

@@ -10,6 +10,7 @@
 //! de-duplication), and who has acknowledged which interest epoch.
 
 pub mod awx;
+pub mod heartbeat;
 pub mod link;
 pub mod outbox;
 pub mod peer;

@@ -11,6 +11,11 @@ pub enum PeerProtocol {
     Native,
     /// An AWX node of the given era.
     Awx(Era),
+    /// Whichever the node answers: dialled at AWX's relay path offering
+    /// the native subprotocol; a wsrelay node accepts it, an AWX web node
+    /// (2022 and later) answers in its own form. Discovered nodes are
+    /// dialled this way.
+    Auto,
 }
 
 impl PeerProtocol {
@@ -19,12 +24,13 @@ impl PeerProtocol {
             PeerProtocol::Native => "native",
             PeerProtocol::Awx(Era::Y2020) => "awx-2020",
             PeerProtocol::Awx(Era::Y2022) => "awx-2022",
+            PeerProtocol::Auto => "auto",
         }
     }
 }
 
 /// A peer as configured: `[PROTOCOL+]ws[s]://host[:port][/]`, PROTOCOL
-/// one of `native` (the default), `awx-2020`, `awx-2022`.
+/// one of `native` (the default), `awx-2020`, `awx-2022`, `auto`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PeerSpec {
     pub protocol: PeerProtocol,
@@ -34,7 +40,7 @@ pub struct PeerSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("--peer {url}: {why} (want [native+|awx-2020+|awx-2022+]ws[s]://host[:port])")]
+#[error("--peer {url}: {why} (want [native+|awx-2020+|awx-2022+|auto+]ws[s]://host[:port])")]
 pub struct PeerUrlError {
     pub url: String,
     pub why: &'static str,
@@ -50,6 +56,7 @@ impl PeerSpec {
             Some(("native", r)) => (PeerProtocol::Native, r),
             Some(("awx-2020", r)) => (PeerProtocol::Awx(Era::Y2020), r),
             Some(("awx-2022", r)) => (PeerProtocol::Awx(Era::Y2022), r),
+            Some(("auto", r)) => (PeerProtocol::Auto, r),
             Some(_) => return Err(err("unknown protocol")),
             None => (PeerProtocol::Native, url),
         };
@@ -99,7 +106,7 @@ impl PeerSpec {
     pub fn path(&self) -> &'static str {
         match self.protocol {
             PeerProtocol::Native | PeerProtocol::Awx(Era::Y2020) => "/websocket/broadcast/",
-            PeerProtocol::Awx(Era::Y2022) => "/websocket/relay/",
+            PeerProtocol::Awx(Era::Y2022) | PeerProtocol::Auto => "/websocket/relay/",
         }
     }
 
@@ -134,6 +141,11 @@ mod tests {
         let p = PeerSpec::parse("awx-2022+ws://10.0.0.2/").unwrap();
         assert_eq!(p.protocol, PeerProtocol::Awx(Era::Y2022));
         assert_eq!((p.port, p.path()), (80, "/websocket/relay/"));
+        let p = PeerSpec::parse("auto+wss://10.0.0.3").unwrap();
+        assert_eq!(
+            (p.protocol, p.port, p.path()),
+            (PeerProtocol::Auto, 443, "/websocket/relay/")
+        );
         let p = PeerSpec::parse("awx-2020+wss://[::1]:8443").unwrap();
         assert_eq!((p.host.as_str(), p.port), ("::1", 8443));
         assert_eq!(p.label(), "[::1]:8443");

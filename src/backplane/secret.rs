@@ -93,7 +93,7 @@ fn python_json_dumps(secret: &str, nonce: &str) -> String {
 /// short escapes for `"` `\` and \b \f \n \r \t, `\u00XX` for other
 /// control characters, `\uXXXX` (surrogate pairs beyond the BMP) for every
 /// non-ASCII character.
-fn python_json_str(s: &str) -> String {
+pub(crate) fn python_json_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {

@@ -1,7 +1,7 @@
 //! Links other nodes dial to this one, served on the workers like any
-//! connection: `/websocket/broadcast/` (the native protocol when the
-//! upgrade offers `wsrelay.peer.v1`, AWX's 2020 form otherwise) and
-//! `/websocket/relay/` (AWX's 2022 form).
+//! connection: on either path the native protocol when the upgrade offers
+//! `wsrelay.peer.v1`; otherwise AWX's 2020 form on `/websocket/broadcast/`
+//! and AWX's 2022 form on `/websocket/relay/`.
 //!
 //! The `secret` header is checked before the upgrade: a refused dialer
 //! gets HTTP 403 with the reason, and the reason is logged and counted.
@@ -77,8 +77,10 @@ pub(super) async fn run<S: Stream>(
         .header("sec-websocket-protocol")
         .is_some_and(|v| v.split(',').any(|p| p.trim() == wire::SUBPROTOCOL));
     let mode = match head.path.trim_end_matches('/') {
-        "/websocket/relay" => Mode::Relay,
+        // Native wherever it is offered: discovered nodes are dialled at
+        // AWX's relay path, offering it (`PeerProtocol::Auto`).
         _ if native_offered => Mode::Native,
+        "/websocket/relay" => Mode::Relay,
         _ => Mode::Broadcast,
     };
     let mut reply = String::from_utf8(http::switching_protocols(&accept)).expect("ascii");

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod awx_api;
+pub mod nginx;
+pub mod postgres;
 pub mod redis;
 
 use std::net::SocketAddr;
