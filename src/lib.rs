@@ -10,8 +10,14 @@
 //!   machines.
 //! - [`ingest`]: producers (in-process, HTTP, channels_redis, Redis Stream).
 //! - [`backplane`]: node-to-node links: the native peer protocol and
-//!   AWX's forms (I/O-free parts), and the thread that dials peers.
-//! - [`auth`], [`config`], [`metrics`]: boundaries and plain data.
+//!   AWX's forms (I/O-free parts), the thread that dials peers, and AWX's
+//!   PostgreSQL heartbeat (announcing this node, discovering others).
+//! - [`auth`]: who a client is (HS256 JWTs; AWX's API asked with the
+//!   client's session cookie or token, cached and coalesced on its own
+//!   thread) and which groups it may join (rules by prefix, AWX's
+//!   per-object checks).
+//! - [`config`], [`metrics`], [`tls`]: plain data, the metrics registered
+//!   once, the outbound TLS settings.
 //! - [`server`]: the one place that wires the parts together.
 //! - [`client`], [`demo`], [`producer`], [`payload`]: a light websocket
 //!   client, the storm demo, the producers behind `wsrelay emit`, and the
