@@ -230,9 +230,10 @@ pub struct Config {
     pub peer_buffer_events: usize,
     /// The resend buffer's bound in payload bytes. Default 64 MiB.
     pub peer_buffer_bytes: usize,
-    /// AWX's `/api/v2/me/`: clients are authenticated by asking it with
-    /// their session cookie or token (after the JWT check, when both are
-    /// on). Default none.
+    /// AWX's `/api/v2/me/` (or just AWX's address, to which that path is
+    /// added): clients are authenticated by asking it with their session
+    /// cookie or token (after the JWT check, when both are on). Default
+    /// none.
     pub auth_url: Option<String>,
     /// How long an accepted credential's user id (and an allowed object)
     /// is cached, seconds. Default 60.
@@ -477,10 +478,14 @@ impl Config {
         let Some(url) = &self.auth_url else {
             return Ok(None);
         };
-        let me = reqwest::Url::parse(url)
+        let mut me = reqwest::Url::parse(url)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
             .ok_or_else(|| ConfigError::AuthUrl(url.clone()))?;
+        // Given only AWX's address, ask its `/api/v2/me/`.
+        if me.path() == "/" {
+            me.set_path("/api/v2/me/");
+        }
         let nonzero = [
             (self.auth_cache_entries as usize, "auth-cache-entries"),
             (self.auth_max_inflight, "auth-max-inflight"),
