@@ -128,6 +128,10 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Groups one connection may hold. Default 1024.
     pub max_groups: usize,
+    /// Text messages (subscribes) one connection may send per second, with
+    /// a burst of twice as many; past it the connection's reader pauses.
+    /// Default 10: the AWX UI sends one when a page changes.
+    pub subscribe_rate: u32,
     /// Longest group name, bytes. Default 256.
     pub max_group_name: usize,
     /// Websocket clients per node. Default 100,000.
@@ -297,6 +301,7 @@ impl Default for Config {
             emit_key: None,
             max_message_bytes: 64 * 1024,
             max_groups: 1024,
+            subscribe_rate: 10,
             max_group_name: 256,
             max_connections: 100_000,
             queue_bytes: 4 * 1024 * 1024,
@@ -380,6 +385,7 @@ impl Config {
         let nonzero = [
             (self.max_message_bytes, "max-message-bytes"),
             (self.max_groups, "max-groups"),
+            (self.subscribe_rate as usize, "subscribe-rate"),
             (self.max_group_name, "max-group-name"),
             (self.max_connections, "max-connections"),
             (self.queue_bytes, "queue-bytes"),
@@ -612,6 +618,9 @@ pub struct Settings {
     /// Groups per connection [default: 1024]
     #[arg(long, env = "WSRELAY_MAX_GROUPS")]
     pub max_groups: Option<usize>,
+    /// Messages (subscribes) per second per connection, burst twice that [default: 10]
+    #[arg(long, env = "WSRELAY_SUBSCRIBE_RATE")]
+    pub subscribe_rate: Option<u32>,
     /// Longest group name in bytes [default: 256]
     #[arg(long, env = "WSRELAY_MAX_GROUP_NAME")]
     pub max_group_name: Option<usize>,
@@ -842,6 +851,7 @@ impl Settings {
             emit_key,
             max_message_bytes,
             max_groups,
+            subscribe_rate,
             max_group_name,
             max_connections,
             queue_bytes,
@@ -914,6 +924,7 @@ impl Settings {
             emit_key: self.emit_key,
             max_message_bytes: self.max_message_bytes.unwrap_or(d.max_message_bytes),
             max_groups: self.max_groups.unwrap_or(d.max_groups),
+            subscribe_rate: self.subscribe_rate.unwrap_or(d.subscribe_rate),
             max_group_name: self.max_group_name.unwrap_or(d.max_group_name),
             max_connections: self.max_connections.unwrap_or(d.max_connections),
             queue_bytes: self.queue_bytes.unwrap_or(d.queue_bytes),

@@ -89,6 +89,8 @@ pub struct Metrics {
     closes: [Counter; 7],
     /// `{"error": ...}` replies sent to clients.
     pub client_errors: Counter,
+    /// Client messages that waited for the connection's message rate.
+    pub messages_paced: Counter,
     /// Events accepted from producers, by source.
     pub events_in_http: Counter,
     pub events_in_inproc: Counter,
@@ -569,6 +571,11 @@ impl Metrics {
             "client_errors",
             "Error messages sent to clients",
         );
+        let messages_paced = counter(
+            &mut registry,
+            "client_messages_paced",
+            "Client messages that waited because their connection passed --subscribe-rate",
+        );
         let events_unrouted = counter(
             &mut registry,
             "events_unrouted",
@@ -666,6 +673,7 @@ impl Metrics {
             refused: refused.try_into().expect("one per reason"),
             closes: closes.try_into().expect("one per close kind"),
             client_errors,
+            messages_paced,
             events_in_http: events_in[0].clone(),
             events_in_inproc: events_in[1].clone(),
             events_unrouted,

@@ -129,15 +129,16 @@ async fn per_object_access_follows_awx_permissions() {
         "broadcast": ["group_send"],
     }});
     send(&mut ws, &msg.to_string()).await;
-    let mut errors = Vec::new();
-    let reply = loop {
-        let m = next_json(&mut ws).await;
-        match m.get("error") {
-            Some(e) => errors.push(e.as_str().unwrap().to_owned()),
-            None => break sorted(m),
-        }
-    };
+    // One error reply for the message, listing every denial.
+    let denied = next_json(&mut ws).await;
+    let mut errors: Vec<String> = denied["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{denied}"))
+        .iter()
+        .map(|e| e.as_str().unwrap().to_owned())
+        .collect();
     errors.sort();
+    let reply = sorted(next_json(&mut ws).await);
     assert_eq!(
         errors,
         [
@@ -166,12 +167,11 @@ async fn per_object_access_follows_awx_permissions() {
     }
     // Asked again: the answers come from the cache.
     send(&mut ws, &msg.to_string()).await;
-    let reply = loop {
-        let m = next_json(&mut ws).await;
-        if m.get("error").is_none() {
-            break sorted(m);
-        }
-    };
+    assert_eq!(
+        next_json(&mut ws).await["errors"].as_array().map(Vec::len),
+        Some(4)
+    );
+    let reply = sorted(next_json(&mut ws).await);
     assert_eq!(reply["groups_current"], held);
     let calls = api.take_calls().await;
     assert!(calls.is_empty(), "{calls:?}");

@@ -166,15 +166,15 @@ impl OutQueue {
         self.len() < limits.max_frames && self.bytes + len <= limits.max_bytes
     }
 
-    /// Queues a reply or control frame. These are small and caused by the
-    /// client itself, so they are not dropped; `false` means the queue is
-    /// past twice its byte bound (a client that sends but never reads) and
-    /// the caller must disconnect it.
+    /// Queues a reply or control frame. These are caused by the client
+    /// itself, so they are never dropped; they count against the same
+    /// bound as events, and `false` means it is reached (a client that
+    /// sends but does not read): the caller must disconnect it.
     pub fn push_control(&mut self, frame: Bytes, limits: QueueLimits) -> bool {
         if self.closing {
             return true;
         }
-        if self.bytes + frame.len() > limits.max_bytes.saturating_mul(2) {
+        if !self.fits(frame.len(), limits) {
             return false;
         }
         self.push(frame, false);
@@ -436,8 +436,17 @@ mod tests {
 
     #[test]
     fn control_frames_are_bounded_too() {
+        // Regression (issue 10, finding 2): replies count against the same
+        // bound as events, not twice it.
         let mut q = OutQueue::new();
-        assert!(q.push_control(frame(150), LIMITS));
-        assert!(!q.push_control(frame(60), LIMITS));
+        assert!(q.push_control(frame(LIMITS.max_bytes - 10), LIMITS));
+        assert!(!q.push_control(frame(11), LIMITS));
+        assert!(q.push_control(frame(10), LIMITS));
+        let mut q = OutQueue::new();
+        assert_eq!(
+            q.push_event(&frame(LIMITS.max_bytes), LIMITS, SlowPolicy::Disconnect),
+            Push::Queued { was_empty: true }
+        );
+        assert!(!q.push_control(frame(1), LIMITS));
     }
 }

@@ -202,6 +202,28 @@ pub fn error_message(text: &str) -> String {
     serde_json::json!({ "error": text }).to_string()
 }
 
+/// Most errors listed in one reply.
+pub const MAX_LISTED_ERRORS: usize = 16;
+
+/// The one reply to a message's errors: AWX's `{"error": "<text>"}` for a
+/// single error; for several, the first as `error` and up to
+/// `MAX_LISTED_ERRORS` of them in `errors`, with `errors_omitted` counting
+/// the rest. The reply stays small whatever the message named.
+pub fn errors_message(errors: &[String]) -> String {
+    match errors {
+        [] => String::new(),
+        [one] => error_message(one),
+        [first, ..] => {
+            let listed = &errors[..errors.len().min(MAX_LISTED_ERRORS)];
+            let mut v = serde_json::json!({ "error": first, "errors": listed });
+            if errors.len() > listed.len() {
+                v["errors_omitted"] = (errors.len() - listed.len()).into();
+            }
+            v.to_string()
+        }
+    }
+}
+
 /// Told to a `drop-oldest` client in place of the events it lost.
 pub fn dropped_message(count: u64) -> String {
     format!(r#"{{"dropped": {count}}}"#)
@@ -418,5 +440,14 @@ mod tests {
             r#"{"groups_current":["a","b"],"groups_joined":["b"],"groups_left":["c"]}"#
         );
         assert_eq!(error_message("x \"y\""), r#"{"error":"x \"y\""}"#);
+        assert_eq!(errors_message(&["a".into()]), r#"{"error":"a"}"#);
+        assert_eq!(
+            errors_message(&["a".into(), "b".into()]),
+            r#"{"error":"a","errors":["a","b"]}"#
+        );
+        let many: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+        let v: serde_json::Value = serde_json::from_str(&errors_message(&many)).unwrap();
+        assert_eq!(v["errors"].as_array().unwrap().len(), MAX_LISTED_ERRORS);
+        assert_eq!(v["errors_omitted"], 4);
     }
 }

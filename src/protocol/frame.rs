@@ -149,12 +149,20 @@ impl Decoder {
                 "invalid control frame",
             ));
         }
+        // RFC 6455 5.2: "the minimal number of bytes MUST be used to encode
+        // the length", and the 64-bit form's most significant bit is 0.
+        let non_minimal =
+            || FrameError::new(close_code::PROTOCOL_ERROR, "non-minimal length encoding");
         let (payload_len, mut header_len) = match len7 {
             126 => {
                 if buf.len() < 4 {
                     return Ok(None);
                 }
-                (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4)
+                let len = u16::from_be_bytes([buf[2], buf[3]]) as usize;
+                if len < 126 {
+                    return Err(non_minimal());
+                }
+                (len, 4)
             }
             127 => {
                 if buf.len() < 10 {
@@ -163,13 +171,22 @@ impl Decoder {
                 let mut len = [0u8; 8];
                 len.copy_from_slice(&buf[2..10]);
                 let len = u64::from_be_bytes(len);
+                if len <= u64::from(u16::MAX) || len >> 63 != 0 {
+                    return Err(non_minimal());
+                }
                 // Checked before any allocation: a header announcing 2^63
                 // bytes must cost nothing.
                 (usize::try_from(len).unwrap_or(usize::MAX), 10)
             }
             n => (n, 2),
         };
-        let collected = self.partial.as_ref().map_or(0, |(_, p)| p.len());
+        // Control frames may arrive between fragments; they are not part of
+        // the message being collected, so they do not count towards it.
+        let collected = if is_control {
+            0
+        } else {
+            self.partial.as_ref().map_or(0, |(_, p)| p.len())
+        };
         if payload_len > self.max_message || collected + payload_len > self.max_message {
             return Err(FrameError::new(
                 close_code::MESSAGE_TOO_BIG,
@@ -271,6 +288,14 @@ fn parse_close(payload: &[u8]) -> Result<Message, FrameError> {
         )),
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
+            // RFC 6455 7.4: 1005, 1006 and 1015 are never sent on the wire;
+            // 1016-2999 are reserved; 5000 and up are not codes.
+            if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+                return Err(FrameError::new(
+                    close_code::PROTOCOL_ERROR,
+                    "invalid close code",
+                ));
+            }
             let reason = std::str::from_utf8(&payload[2..]).map_err(|_| {
                 FrameError::new(close_code::INVALID_PAYLOAD, "close reason is not utf-8")
             })?;

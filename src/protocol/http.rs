@@ -157,7 +157,13 @@ pub fn upgrade_accept_key(head: &RequestHead) -> Result<String, HttpError> {
     let Some(key) = head.header("sec-websocket-key") else {
         return bad("missing sec-websocket-key");
     };
-    Ok(accept_key(key.trim()))
+    // RFC 6455 4.1: a base64-encoded 16-byte nonce.
+    let key = key.trim();
+    let decoded = base64::engine::general_purpose::STANDARD.decode(key);
+    if !matches!(decoded, Ok(ref k) if k.len() == 16) {
+        return bad("sec-websocket-key must be 16 bytes in base64");
+    }
+    Ok(accept_key(key))
 }
 
 /// `base64(sha1(key + GUID))` per RFC 6455 section 4.2.2.

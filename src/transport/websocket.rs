@@ -69,7 +69,7 @@ pub(super) async fn run<S: Stream>(
             };
             m.refused(why).inc();
             tracing::info!(reason = %e, "client refused");
-            refuse(stream, &e.close_reason(), &worker).await;
+            refuse(stream, &e.close_reason(), &worker, buf).await;
             return;
         }
     };
@@ -79,11 +79,14 @@ pub(super) async fn run<S: Stream>(
     m.accepted.inc();
     m.connections[worker.index].inc();
     let id = worker.hub.borrow_mut().insert();
+    let rate = ctx.config.subscribe_rate as f64;
     let session = Session {
         worker: &worker,
         id,
         identity,
         csrf_cookie: head.cookie("csrftoken").map(str::to_owned),
+        write_started: Cell::new(None),
+        message_budget: Cell::new((rate * 2.0, Instant::now())),
     };
     session.control(frame::text_frame(
         msg::accept_message(session.identity.user_id).as_bytes(),
@@ -99,20 +102,33 @@ pub(super) async fn run<S: Stream>(
 }
 
 /// AWX's answer to a client it will not serve: `{"close": true}`, then a
-/// close frame with code 1008 and the reason.
-async fn refuse<S: Stream>(stream: &S, reason: &str, worker: &Worker) {
+/// close frame with code 1008 and the reason. The socket closes as soon as
+/// the client's close frame arrives (or anything unusable does), and at
+/// the latest after `close_timeout`: a reconnect storm of refused clients
+/// must not hold descriptors for the whole timeout.
+async fn refuse<S: Stream>(stream: &S, reason: &str, worker: &Worker, mut buf: BytesMut) {
     let mut out = frame::text_frame(msg::CLOSE_MESSAGE.as_bytes()).to_vec();
     out.extend_from_slice(&frame::close_frame(close_code::POLICY_VIOLATION, reason));
     if stream.write_all(out).await.is_err() {
         return;
     }
-    // Give the client a moment to answer the close before the socket goes.
+    let mut decoder = Decoder::new(Role::Server, 1024);
     let _ = timeout(worker.ctx.config.close_timeout, async {
-        let mut sink = BytesMut::with_capacity(512);
         loop {
-            sink.clear();
-            if !matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {
-                break;
+            match decoder.decode(&mut buf) {
+                // The client's close (or garbage): the handshake is over.
+                Ok(Some(Message::Close(..))) | Err(_) => return,
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+            }
+            // Bounded: a client that streams data instead of closing is
+            // cut off here rather than buffered.
+            if buf.len() > 64 * 1024 {
+                return;
+            }
+            buf.reserve(READ_CHUNK);
+            if !matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {
+                return;
             }
         }
     })
@@ -159,6 +175,13 @@ struct Session<'w> {
     id: SubId,
     identity: Identity,
     csrf_cookie: Option<String>,
+    /// When the write in progress started: a write that the client has not
+    /// let finish for a whole ping interval marks a client that stopped
+    /// reading (it may still answer pings).
+    write_started: Cell<Option<Instant>>,
+    /// Messages this connection may still send now (a token bucket refilled
+    /// at `--subscribe-rate`, holding twice that).
+    message_budget: Cell<(f64, Instant)>,
 }
 
 // === impl Session ===
@@ -204,8 +227,9 @@ impl Session<'_> {
         self.worker.hub.borrow_mut().queue_mut(self.id).is_closing()
     }
 
-    /// Queues a reply or control frame; a client that lets them pile up
-    /// past twice its queue bound is closed as a slow consumer.
+    /// Queues a reply or control frame; one that does not fit the queue's
+    /// bound (the same bound as events) closes the client as a slow
+    /// consumer.
     fn control(&self, frame: bytes::Bytes) {
         let ok = self.worker.hub.borrow_mut().push_control(self.id, frame);
         if !ok {
@@ -275,6 +299,7 @@ impl Session<'_> {
     async fn on_message(&self, message: Message) -> bool {
         match message {
             Message::Text(mut text) => {
+                self.pace().await;
                 self.on_text(&mut text).await;
                 true
             }
@@ -309,6 +334,25 @@ impl Session<'_> {
         }
     }
 
+    /// Waits until this connection may send another message: past
+    /// `--subscribe-rate` per second (with a burst of twice that) the
+    /// reader pauses, so the client's own socket buffers back up and the
+    /// node does a bounded amount of work per connection.
+    async fn pace(&self) {
+        let rate = self.worker.ctx.config.subscribe_rate as f64;
+        let (tokens, at) = self.message_budget.get();
+        let now = Instant::now();
+        let tokens = (tokens + now.duration_since(at).as_secs_f64() * rate).min(rate * 2.0);
+        if tokens >= 1.0 {
+            self.message_budget.set((tokens - 1.0, now));
+            return;
+        }
+        self.worker.ctx.metrics.messages_paced.inc();
+        let wait = std::time::Duration::from_secs_f64((1.0 - tokens) / rate);
+        tokio::time::sleep(wait).await;
+        self.message_budget.set((0.0, Instant::now()));
+    }
+
     async fn on_text(&self, text: &mut [u8]) {
         let cfg = &self.worker.ctx.config;
         let limits = GroupLimits {
@@ -327,8 +371,12 @@ impl Session<'_> {
         }
         let m = &self.worker.ctx.metrics;
         m.client_errors.inc_by(plan.errors.len() as u64);
-        for e in &plan.errors {
-            self.control(frame::text_frame(msg::error_message(e).as_bytes()));
+        // One reply for all of a message's errors: a message naming a
+        // thousand bad ids must not make a thousand frames.
+        if !plan.errors.is_empty() {
+            self.control(frame::text_frame(
+                msg::errors_message(&plan.errors).as_bytes(),
+            ));
         }
         let Some(target) = plan.subscribe else {
             return;
@@ -413,10 +461,12 @@ impl Session<'_> {
                 .borrow_mut()
                 .queue_mut(self.id)
                 .take_batch(&mut frames, IOVECS);
+            self.write_started.set(Some(Instant::now()));
             let result = match stream.writev(&mut frames).await {
                 Ok(0) => Err(std::io::ErrorKind::WriteZero.into()),
                 other => other,
             };
+            self.write_started.set(None);
             let mut hub = self.worker.hub.borrow_mut();
             let queue = hub.queue_mut(self.id);
             // On failure the batch goes back whole, so the frames are counted
@@ -438,6 +488,17 @@ impl Session<'_> {
                     close_code::GOING_AWAY,
                     "ping timeout",
                     ServerClose::PingTimeout,
+                );
+                return;
+            }
+            // Answering pings is not enough: a client whose socket took
+            // nothing for a whole interval while we had frames for it has
+            // stopped reading, and would hold its queue forever.
+            if matches!(self.write_started.get(), Some(t) if t.elapsed() >= interval) {
+                self.close(
+                    close_code::TRY_AGAIN_LATER,
+                    "slow consumer",
+                    ServerClose::SlowConsumer,
                 );
                 return;
             }

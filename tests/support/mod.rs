@@ -5,6 +5,7 @@
 pub mod awx_api;
 pub mod nginx;
 pub mod postgres;
+pub mod raw;
 pub mod redis;
 
 use std::net::SocketAddr;

@@ -152,6 +152,56 @@ fn protocol_violations() {
         decode_all(Role::Server, 64, &op3),
         err(1002, "unknown opcode")
     );
+    // Regression (issue 10, finding 13): lengths in a longer form than
+    // needed, and the 64-bit form's top bit.
+    for header in [
+        &[0x81u8, 0xFE, 0x00, 0x05][..],
+        &[0x81, 0xFF, 0, 0, 0, 0, 0, 0, 0x00, 0x05],
+        &[0x81, 0xFF, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF],
+        &[0x81, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0x05],
+    ] {
+        let mut f = header.to_vec();
+        f.extend_from_slice(&KEY);
+        assert_eq!(
+            decode_all(Role::Server, 1 << 20, &f),
+            err(1002, "non-minimal length encoding"),
+            "{header:?}"
+        );
+    }
+    // Close codes that may not appear on the wire.
+    for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
+        let mut body = code.to_be_bytes().to_vec();
+        body.extend_from_slice(b"x");
+        let f = client::frame(0x8, true, &body, KEY);
+        assert_eq!(
+            decode_all(Role::Server, 64, &f),
+            err(1002, "invalid close code"),
+            "{code}"
+        );
+    }
+    for code in [1000u16, 1003, 1007, 1014, 3000, 4999] {
+        let f = client::frame(0x8, true, &code.to_be_bytes(), KEY);
+        assert_eq!(
+            decode_all(Role::Server, 64, &f),
+            vec![Ok(Message::Close(code, String::new()))]
+        );
+    }
+}
+
+#[test]
+fn a_ping_between_fragments_does_not_count_towards_the_message() {
+    // Regression (issue 10, finding 13): 60 of 64 bytes collected, then a
+    // 10-byte ping, then the last 4 bytes: within the limit.
+    let mut f = client::frame(0x1, false, &[b'a'; 60], KEY).to_vec();
+    f.extend_from_slice(&client::frame(0x9, true, &[b'p'; 10], KEY));
+    f.extend_from_slice(&client::frame(0x0, true, &[b'a'; 4], KEY));
+    assert_eq!(
+        decode_all(Role::Server, 64, &f),
+        vec![
+            Ok(Message::Ping(Bytes::from_static(&[b'p'; 10]))),
+            Ok(text(&"a".repeat(64))),
+        ]
+    );
 }
 
 #[test]
