@@ -30,6 +30,11 @@ pub enum ConfigError {
          for local development only"
     )]
     NoAuthenticator,
+    #[error(
+        "--jwt-secret is {0} bytes: HS256 needs at least 16, and 32 or more is recommended \
+         (RFC 7518 3.2); make one with `openssl rand -hex 32`"
+    )]
+    ShortJwtSecret(usize),
     #[error("--dev-insecure excludes --jwt-secret and --auth-url; choose one")]
     TwoAuthenticators,
     #[error("--auth-url {0}: want an http:// or https:// URL (AWX's /api/v2/me/)")]
@@ -361,6 +366,12 @@ impl Default for Config {
     }
 }
 
+/// Shortest `--jwt-secret` accepted, bytes; below `GOOD_SECRET` a warning.
+pub const MIN_JWT_SECRET: usize = 16;
+/// Secrets shorter than this (256 bits as hex would be 64) are warned
+/// about: RFC 7518 3.2 asks for a key at least as long as the hash.
+pub const GOOD_SECRET: usize = 32;
+
 /// How clients are authenticated and authorized, as checked by
 /// `Config::validate`; the server starts the API thread from `api`.
 pub struct AuthSetup {
@@ -461,6 +472,10 @@ impl Config {
         }
         let jwt = match &self.jwt_secret {
             Some(s) if s.is_empty() => return Err(ConfigError::Empty("jwt-secret")),
+            // Anyone who guesses the secret mints tokens for any user.
+            Some(s) if s.len() < MIN_JWT_SECRET => {
+                return Err(ConfigError::ShortJwtSecret(s.len()))
+            }
             Some(s) => Some(Jwt {
                 secret: s.as_bytes().to_vec(),
                 leeway_secs: self.jwt_leeway_secs,
@@ -1027,10 +1042,24 @@ mod tests {
         let base = Config::default();
         assert!(matches!(base.validate(), Err(ConfigError::NoAuthenticator)));
         let both = Config {
-            jwt_secret: Some("s".into()),
+            jwt_secret: Some("s".repeat(32)),
             dev_insecure: true,
             ..Config::default()
         };
+        // Regression (issue 10, finding 12): a one-byte secret was accepted.
+        for (len, ok) in [(1, false), (15, false), (16, true), (64, true)] {
+            let c = Config {
+                jwt_secret: Some("k".repeat(len)),
+                ..Config::default()
+            };
+            match c.validate() {
+                Ok(_) => assert!(ok, "{len}"),
+                Err(e) => {
+                    assert!(!ok, "{len}: {e}");
+                    assert!(matches!(e, ConfigError::ShortJwtSecret(n) if n == len));
+                }
+            }
+        }
         assert!(matches!(
             both.validate(),
             Err(ConfigError::TwoAuthenticators)
@@ -1070,7 +1099,7 @@ mod tests {
         };
         assert!(matches!(bad_peer.validate(), Err(ConfigError::Peer(_))));
         let ok = Config {
-            jwt_secret: Some("secret".into()),
+            jwt_secret: Some("s".repeat(32)),
             ..Config::default()
         };
         assert!(matches!(
@@ -1082,7 +1111,7 @@ mod tests {
             })
         ));
         let both = Config {
-            jwt_secret: Some("secret".into()),
+            jwt_secret: Some("s".repeat(32)),
             auth_url: Some("https://awx.example.com/api/v2/me/".into()),
             ..Config::default()
         };

@@ -13,7 +13,7 @@ use crate::auth::api::AwxApi;
 use crate::auth::Authenticator;
 use crate::backplane::link::{LinkSettings, Links};
 use crate::backplane::{Backplane, PeerSpec};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, GOOD_SECRET};
 use crate::fanout::{Router, Routes};
 use crate::ingest::Emitter;
 use crate::metrics::Metrics;
@@ -86,6 +86,27 @@ impl Node {
             tracing::warn!(
                 "--peer-tls-verify false: wss:// peers' certificates are NOT checked \
                  (AWX's default for self-signed nodes); the secret header still authenticates them"
+            );
+        }
+        if config
+            .jwt_secret
+            .as_ref()
+            .is_some_and(|s| s.len() < GOOD_SECRET)
+        {
+            tracing::warn!(
+                "--jwt-secret is shorter than {GOOD_SECRET} bytes: a guessable secret lets anyone \
+                 mint tokens for any user; use `openssl rand -hex 32`"
+            );
+        }
+        if config
+            .backplane_secret
+            .as_ref()
+            .is_some_and(|s| s.len() < GOOD_SECRET)
+        {
+            // AWX's own value must work as it is, so only a warning.
+            tracing::warn!(
+                "--backplane-secret is shorter than {GOOD_SECRET} bytes: whoever guesses it can \
+                 join the backplane; set a longer BROADCAST_WEBSOCKET_SECRET"
             );
         }
         let metrics = Arc::new(Metrics::new(workers, io.name()));

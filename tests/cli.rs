@@ -37,6 +37,18 @@ async fn serve_refuses_to_run_without_an_authenticator() {
         stderr.contains("refusing to start without client authentication"),
         "{stderr}"
     );
+    // Regression (issue 10, finding 12): a guessable JWT secret is refused.
+    let out = clean_command()
+        .args(["serve", "--listen", "127.0.0.1:0", "--jwt-secret", "x"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--jwt-secret is 1 bytes: HS256 needs at least 16"),
+        "{stderr}"
+    );
     // A bad config file is refused with its path and the problem.
     let dir = std::env::temp_dir().join(format!("wsrelay-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -63,7 +75,7 @@ async fn flags_beat_env_beat_file_and_emit_and_sigterm_work() {
     let file = dir.join("node.toml");
     std::fs::write(
         &file,
-        "listen = \"127.0.0.1:0\"\nworkers = 1\nemit_key = \"from-file\"\njwt_secret = \"file-secret\"\n",
+        "listen = \"127.0.0.1:0\"\nworkers = 1\nemit_key = \"from-file\"\njwt_secret = \"file-secret-0123456789\"\n",
     )
     .unwrap();
     let (mut child, addr) = spawn_serve(

@@ -162,3 +162,74 @@ async fn protocol_details() {
         );
     }
 }
+
+/// Sends `request` on one connection and returns every response status
+/// line the server wrote before closing it.
+async fn statuses(addr: std::net::SocketAddr, request: &str) -> Vec<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("the server answers and closes in time")
+        .unwrap();
+    // Bodies end without a line break, so find the status lines by their
+    // start rather than by lines.
+    let text = String::from_utf8_lossy(&out).into_owned();
+    text.match_indices("HTTP/1.1 ")
+        .map(|(i, _)| text[i..].split("\r\n").next().unwrap().to_owned())
+        .collect()
+}
+
+/// Finding 4: a request's end is never judged differently from a proxy's:
+/// a body on a route that reads none, conflicting or signed lengths, and
+/// transfer codings each get one answer and the connection closes.
+#[tokio::test]
+async fn http_requests_cannot_be_smuggled() {
+    let n = start(|_| {});
+    let cases = [
+        // A body on a keep-alive route: its bytes are not a next request.
+        (
+            "GET /healthz HTTP/1.1\r\nContent-Length: 23\r\n\r\nGET /metrics HTTP/1.1\r\n\r\n",
+            "HTTP/1.1 200 OK",
+        ),
+        (
+            "GET /nowhere HTTP/1.1\r\nContent-Length: 23\r\n\r\nGET /metrics HTTP/1.1\r\n\r\n",
+            "HTTP/1.1 404 Not Found",
+        ),
+        (
+            "GET /healthz HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 23\r\n\r\nGET /metrics HTTP/1.1\r\n\r\n",
+            "HTTP/1.1 400 Bad Request",
+        ),
+        (
+            "GET /healthz HTTP/1.1\r\nContent-Length: +23\r\n\r\nGET /metrics HTTP/1.1\r\n\r\n",
+            "HTTP/1.1 400 Bad Request",
+        ),
+        (
+            "GET /healthz HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\nGET /metrics HTTP/1.1\r\n\r\n",
+            "HTTP/1.1 501 Not Implemented",
+        ),
+        (
+            "GET /healthz HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\nGET /metrics HTTP/1.1\r\n\r\n",
+            "HTTP/1.1 411 Length Required",
+        ),
+    ];
+    for (request, status) in cases {
+        assert_eq!(statuses(n.addr, request).await, [status], "{request:?}");
+    }
+    // Emit bodies are read, so an emit connection stays reusable.
+    let body = r#"{"group":"jobs-x","payload":1}"#;
+    let one = format!(
+        "POST /api/v1/emit HTTP/1.1\r\nAuthorization: Bearer {EMIT_KEY}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let two = format!(
+        "{one}{}",
+        one.replace("HTTP/1.1\r\n", "HTTP/1.1\r\nConnection: close\r\n")
+    );
+    assert_eq!(
+        statuses(n.addr, &two).await,
+        ["HTTP/1.1 200 OK", "HTTP/1.1 200 OK"]
+    );
+}

@@ -5,7 +5,7 @@
 use subtle::ConstantTimeEq;
 
 use crate::protocol::emit;
-use crate::protocol::http::{self, RequestHead};
+use crate::protocol::http::{self, Body, RequestHead};
 use crate::transport::NodeContext;
 
 /// A JSON reply with its status.
@@ -34,8 +34,8 @@ impl Reply {
 }
 
 /// Checks everything that can be checked before reading the body and
-/// returns the body length to read.
-pub(crate) fn check(ctx: &NodeContext, head: &RequestHead) -> Result<usize, Reply> {
+/// returns the body length to read. `body` is the head's checked framing.
+pub(crate) fn check(ctx: &NodeContext, head: &RequestHead, body: Body) -> Result<usize, Reply> {
     let Some(key) = &ctx.config.emit_key else {
         // Without a key the endpoint does not exist.
         return Err(Reply::error(404, "not found"));
@@ -47,16 +47,8 @@ pub(crate) fn check(ctx: &NodeContext, head: &RequestHead) -> Result<usize, Repl
     if !bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
         return Err(Reply::error(401, "missing or wrong emit key"));
     }
-    if head.is_chunked() {
-        return Err(Reply::error(
-            411,
-            "chunked bodies are not supported; send content-length",
-        ));
-    }
-    let len = match head.content_length() {
-        Ok(Some(len)) => len,
-        Ok(None) => return Err(Reply::error(411, "content-length required")),
-        Err(e) => return Err(Reply::error(400, &e.to_string())),
+    let Body::Length(len) = body else {
+        return Err(Reply::error(411, "content-length required"));
     };
     if len > ctx.config.max_emit_bytes {
         return Err(Reply::error(

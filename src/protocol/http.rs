@@ -11,6 +11,10 @@ pub enum HttpError {
     Malformed(String),
     #[error("request head too large")]
     HeadTooLarge,
+    #[error("chunked bodies are not supported; send content-length")]
+    Chunked,
+    #[error("transfer-encoding is not supported; send content-length")]
+    TransferEncoding,
 }
 
 impl HttpError {
@@ -18,8 +22,17 @@ impl HttpError {
         match self {
             HttpError::Malformed(_) => 400,
             HttpError::HeadTooLarge => 431,
+            HttpError::Chunked => 411,
+            HttpError::TransferEncoding => 501,
         }
     }
+}
+
+/// How a request's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    None,
+    Length(usize),
 }
 
 /// The parts of a request head wsrelay looks at, owned so the read buffer
@@ -57,20 +70,45 @@ impl RequestHead {
         self.header_has_token("upgrade", "websocket")
     }
 
-    /// Content-Length, if present and valid.
-    pub fn content_length(&self) -> Result<Option<usize>, HttpError> {
-        match self.header("content-length") {
-            None => Ok(None),
-            Some(v) => v
-                .trim()
-                .parse()
-                .map(Some)
-                .map_err(|_| HttpError::Malformed("invalid content-length".into())),
+    /// Where the body ends, checked strictly (RFC 9112 6.3), because a
+    /// request whose end two parsers judge differently is how responses
+    /// get shifted between users behind a proxy: any `Transfer-Encoding`
+    /// is refused (wsrelay reads only `Content-Length` bodies), and every
+    /// `Content-Length` must be plain digits, all of them the same.
+    pub fn body(&self) -> Result<Body, HttpError> {
+        if self.headers.iter().any(|(n, _)| n == "transfer-encoding") {
+            let only_chunked = self
+                .headers
+                .iter()
+                .filter(|(n, _)| n == "transfer-encoding")
+                .flat_map(|(_, v)| v.split(','))
+                .all(|t| t.trim().eq_ignore_ascii_case("chunked"));
+            return Err(if only_chunked {
+                HttpError::Chunked
+            } else {
+                HttpError::TransferEncoding
+            });
         }
-    }
-
-    pub fn is_chunked(&self) -> bool {
-        self.header_has_token("transfer-encoding", "chunked")
+        let mut length: Option<usize> = None;
+        let values = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "content-length")
+            .flat_map(|(_, v)| v.split(','));
+        for v in values {
+            let v = v.trim();
+            if v.is_empty() || v.len() > 18 || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(HttpError::Malformed("invalid content-length".into()));
+            }
+            let n: usize = v
+                .parse()
+                .map_err(|_| HttpError::Malformed("invalid content-length".into()))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(HttpError::Malformed("conflicting content-length".into()));
+            }
+            length = Some(n);
+        }
+        Ok(length.map_or(Body::None, Body::Length))
     }
 
     /// Whether the client wants the connection kept open after the response.
@@ -211,6 +249,7 @@ fn reason_phrase(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         411 => "Length Required",
+        501 => "Not Implemented",
         413 => "Payload Too Large",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",

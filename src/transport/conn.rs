@@ -12,7 +12,7 @@ use super::stream::{Stream, READ_CHUNK};
 use super::worker::Worker;
 use super::{websocket, NodeContext};
 use crate::ingest::http as emit;
-use crate::protocol::http::{self, HttpError, RequestHead};
+use crate::protocol::http::{self, Body, HttpError, RequestHead};
 
 pub(super) async fn serve<S: Stream>(worker: Rc<Worker>, stream: S) {
     serve_requests(worker, &stream).await;
@@ -48,7 +48,26 @@ async fn serve_requests<S: Stream>(worker: Rc<Worker>, stream: &S) {
             }
         };
         buf.advance(head.len);
-        let reply = match (head.method.as_str(), head.path.as_str()) {
+        // The body's framing is checked before any route: a request whose
+        // end is unclear is answered and the connection closed, never
+        // parsed onward (request smuggling).
+        let body = match head.body() {
+            Ok(b) => b,
+            Err(e) => {
+                let reply = http::error_response(e.status(), &e.to_string(), false);
+                return answer_and_close(stream, reply).await;
+            }
+        };
+        // Only emit reads a body; anywhere else one means the connection
+        // cannot be reused (its bytes are not a next request).
+        let bodiless = matches!(body, Body::None | Body::Length(0));
+        if head.is_upgrade() && !bodiless {
+            let reply =
+                http::error_response(400, "malformed request: an upgrade has no body", false);
+            return answer_and_close(stream, reply).await;
+        }
+        let keep_alive = head.keep_alive() && bodiless;
+        let (reply, reuse) = match (head.method.as_str(), head.path.as_str()) {
             (_, "/websocket/" | "/api/websocket/" | "/websocket" | "/api/websocket")
                 if head.is_upgrade() =>
             {
@@ -64,22 +83,32 @@ async fn serve_requests<S: Stream>(worker: Rc<Worker>, stream: &S) {
             (
                 _,
                 "/websocket/" | "/api/websocket/" | "/websocket/broadcast/" | "/websocket/relay/",
-            ) => http::error_response(426, "this endpoint expects a websocket upgrade", false),
-            (_, "/api/v1/emit") => match emit_request(&ctx, &head, stream, &mut buf).await {
-                Ok(reply) => reply,
+            ) => (
+                http::error_response(426, "this endpoint expects a websocket upgrade", false),
+                false,
+            ),
+            (_, "/api/v1/emit") => match emit_request(&ctx, &head, body, stream, &mut buf).await {
+                // The body was read: the connection is reusable as asked.
+                Ok(reply) => (reply, head.keep_alive()),
                 Err(Some(reply)) => return answer_and_close(stream, reply).await,
                 Err(None) => return,
             },
-            ("GET", "/healthz") => healthz(&ctx, head.keep_alive()),
-            ("GET", "/metrics") => http::response(
-                200,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ctx.metrics.render().as_bytes(),
-                head.keep_alive(),
+            ("GET", "/healthz") => (healthz(&ctx, keep_alive), keep_alive),
+            ("GET", "/metrics") => (
+                http::response(
+                    200,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ctx.metrics.render().as_bytes(),
+                    keep_alive,
+                ),
+                keep_alive,
             ),
-            _ => http::error_response(404, "not found", head.keep_alive()),
+            _ => (
+                http::error_response(404, "not found", keep_alive),
+                keep_alive,
+            ),
         };
-        if !head.keep_alive() {
+        if !reuse {
             return answer_and_close(stream, reply).await;
         }
         if stream.write_all(reply).await.is_err() {
@@ -116,10 +145,11 @@ pub(super) async fn answer_and_close<S: Stream>(stream: &S, reply: Vec<u8>) {
 async fn emit_request<S: Stream>(
     ctx: &NodeContext,
     head: &RequestHead,
+    body: Body,
     stream: &S,
     buf: &mut BytesMut,
 ) -> Result<Vec<u8>, Option<Vec<u8>>> {
-    let len = match emit::check(ctx, head) {
+    let len = match emit::check(ctx, head, body) {
         Ok(len) => len,
         Err(reply) => {
             ctx.metrics.emit_request(reply.status).inc();
