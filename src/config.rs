@@ -37,6 +37,8 @@ pub enum ConfigError {
     ShortJwtSecret(usize),
     #[error("--dev-insecure excludes --jwt-secret and --auth-url; choose one")]
     TwoAuthenticators,
+    #[error("--node-id {0:?}: want 1 to 64 letters, digits, '.', '-' or '_' (a host name)")]
+    NodeId(String),
     #[error("--auth-url {0}: want an http:// or https:// URL (AWX's /api/v2/me/)")]
     AuthUrl(String),
     #[error("--auth-ca-file {path}: {why}")]
@@ -239,6 +241,13 @@ pub struct Config {
     pub peer_buffer_events: usize,
     /// The resend buffer's bound in payload bytes. Default 64 MiB.
     pub peer_buffer_bytes: usize,
+    /// Links other nodes may have dialled to this one at once; past it an
+    /// upgrade gets 503. Default 64 (a cluster's size, with room).
+    pub max_peer_links: usize,
+    /// Largest message a peer link accepts, bytes (a native batch, or one
+    /// AWX event). Default 32 MiB: above the largest event an emit takes
+    /// (16 MiB) with its framing.
+    pub peer_max_message: usize,
     /// AWX's `/api/v2/me/` (or just AWX's address, to which that path is
     /// added): clients are authenticated by asking it with their session
     /// cookie or token (after the JWT check, when both are on). Default
@@ -343,6 +352,8 @@ impl Default for Config {
             peer_flush_delay: Duration::ZERO,
             peer_buffer_events: 100_000,
             peer_buffer_bytes: 64 * 1024 * 1024,
+            max_peer_links: 64,
+            peer_max_message: 32 * 1024 * 1024,
             auth_url: None,
             auth_cache_ttl_secs: 60,
             auth_refusal_ttl_secs: 5,
@@ -412,6 +423,8 @@ impl Config {
             (self.peer_batch_bytes, "peer-batch-bytes"),
             (self.peer_buffer_events, "peer-buffer-events"),
             (self.peer_buffer_bytes, "peer-buffer-bytes"),
+            (self.max_peer_links, "max-peer-links"),
+            (self.peer_max_message, "peer-max-message"),
             (self.max_access_checks, "max-access-checks"),
         ];
         if let Some((_, name)) = nonzero.iter().find(|(v, _)| *v == 0) {
@@ -438,8 +451,8 @@ impl Config {
         if matches!(&self.emit_key, Some(k) if k.is_empty()) {
             return Err(ConfigError::Empty("emit-key"));
         }
-        if self.node_id.is_empty() {
-            return Err(ConfigError::Empty("node-id"));
+        if !crate::backplane::is_node_name(&self.node_id) {
+            return Err(ConfigError::NodeId(self.node_id.clone()));
         }
         if let Some(url) = self
             .redis
@@ -744,6 +757,12 @@ pub struct Settings {
     /// Payload bytes held per peer until acknowledged [default: 67108864]
     #[arg(long, env = "WSRELAY_PEER_BUFFER_BYTES")]
     pub peer_buffer_bytes: Option<usize>,
+    /// Links other nodes may have dialled here at once [default: 64]
+    #[arg(long, env = "WSRELAY_MAX_PEER_LINKS")]
+    pub max_peer_links: Option<usize>,
+    /// Largest message on a peer link, bytes [default: 33554432]
+    #[arg(long, env = "WSRELAY_PEER_MAX_MESSAGE")]
+    pub peer_max_message: Option<usize>,
     /// AWX's /api/v2/me/ URL: authenticate clients by their AWX session cookie or token
     #[arg(long, env = "WSRELAY_AUTH_URL")]
     pub auth_url: Option<String>,
@@ -903,6 +922,8 @@ impl Settings {
             peer_flush_delay_us,
             peer_buffer_events,
             peer_buffer_bytes,
+            max_peer_links,
+            peer_max_message,
             auth_url,
             auth_cache_ttl_secs,
             auth_refusal_ttl_secs,
@@ -978,6 +999,8 @@ impl Settings {
                 .map_or(d.peer_flush_delay, Duration::from_micros),
             peer_buffer_events: self.peer_buffer_events.unwrap_or(d.peer_buffer_events),
             peer_buffer_bytes: self.peer_buffer_bytes.unwrap_or(d.peer_buffer_bytes),
+            max_peer_links: self.max_peer_links.unwrap_or(d.max_peer_links),
+            peer_max_message: self.peer_max_message.unwrap_or(d.peer_max_message),
             auth_url: self.auth_url,
             auth_cache_ttl_secs: self.auth_cache_ttl_secs.unwrap_or(d.auth_cache_ttl_secs),
             auth_refusal_ttl_secs: self

@@ -523,6 +523,30 @@ impl PeerFamilies {
         }
     }
 
+    /// Removes every series of `peer` (a sending node no longer
+    /// remembered), so names cannot add series without bound.
+    pub fn forget(&self, peer: &str) {
+        let p = vec![("peer", peer.to_owned())];
+        for d in ["in", "out"] {
+            let pd = vec![("peer", peer.to_owned()), ("direction", d.to_owned())];
+            self.link_up.remove(&pd);
+            self.connected_since.remove(&pd);
+        }
+        self.events_sent.remove(&p);
+        self.bytes_sent.remove(&p);
+        self.events_received.remove(&p);
+        self.bytes_received.remove(&p);
+        self.batch_events.remove(&p);
+        self.resend_depth.remove(&p);
+        self.reconnects.remove(&p);
+        self.link_failures.remove(&p);
+        self.evicted.remove(&p);
+        self.discarded.remove(&p);
+        self.gaps.remove(&p);
+        self.duplicates.remove(&p);
+        self.skipped.remove(&p);
+    }
+
     pub fn auth_failure(&self, reason: &str) -> Counter {
         self.auth_failures
             .get_or_create(&vec![("reason", reason.to_owned())])

@@ -163,6 +163,7 @@ impl Node {
             routes,
             router,
             ws_connections: AtomicUsize::new(0),
+            peer_links: AtomicUsize::new(0),
             io,
             workers,
             redis_ack,

@@ -233,3 +233,174 @@ async fn http_requests_cannot_be_smuggled() {
         ["HTTP/1.1 200 OK", "HTTP/1.1 200 OK"]
     );
 }
+
+const BACKPLANE: &str = "hardening-backplane-secret-0123456789";
+
+fn peer_node(tune: impl FnOnce(&mut wsrelay::Config)) -> TestNode {
+    start(|c| {
+        c.backplane_secret = Some(BACKPLANE.into());
+        tune(c);
+    })
+}
+
+/// Dials `addr` as a native peer over `stream` (by default a fresh
+/// connection), with a valid secret header.
+async fn native_peer(addr: std::net::SocketAddr, stream: Option<tokio::net::TcpStream>) -> RawWs {
+    let header = wsrelay::backplane::secret::header_value(BACKPLANE, now());
+    let stream = match stream {
+        Some(s) => s,
+        None => tokio::net::TcpStream::connect(addr).await.unwrap(),
+    };
+    RawWs::upgrade_with(
+        stream,
+        "/websocket/broadcast/",
+        &format!("secret: {header}\r\nSec-WebSocket-Protocol: wsrelay.peer.v1\r\n"),
+    )
+    .await
+}
+
+fn binary(payload: &[u8]) -> Vec<u8> {
+    client_frame(true, 0x2, payload)
+}
+
+/// Finding 7: a peer's node name becomes a metric label; a crafted one is
+/// refused, and nothing it carried reaches `/metrics`.
+#[tokio::test]
+async fn a_crafted_node_name_is_refused() {
+    let n = peer_node(|_| {});
+    let evil = "x\"} 1\nwsrelay_injected_total 1337\n# ";
+    let mut p = native_peer(n.addr, None).await;
+    p.send(&binary(&wsrelay::backplane::wire::hello(evil, 7)))
+        .await;
+    assert_eq!(
+        p.next_close().await,
+        (1002, "bad node name in hello".into())
+    );
+    let (_, metrics) = http(
+        n.addr,
+        b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(!metrics.contains("injected"), "{metrics}");
+}
+
+/// Finding 8: events from a peer are checked before any client sees them.
+#[tokio::test]
+async fn malformed_peer_events_close_the_link() {
+    use wsrelay::backplane::wire::{hello, EventsWriter};
+    let n = peer_node(|c| c.max_group_name = 32);
+    let mut client = connect(n.addr, &token(1)).await;
+    subscribe(&mut client, json!({"g": ["1"]})).await;
+    let batch = |first_seq: u64, group: &str, payload: &[u8]| {
+        let mut w = EventsWriter::start(bytes::BytesMut::new(), 0, first_seq);
+        w.push(group, payload);
+        w.finish().0.to_vec()
+    };
+    for (events, reason) in [
+        (
+            batch(1, "g-1", &[b'"', 0xC3, 0x28, b'"']),
+            "malformed peer message",
+        ),
+        (batch(0, "g-1", b"1"), "malformed peer message"),
+        (batch(u64::MAX, "g-1", b"1"), ""),
+        (batch(1, &"g".repeat(33), b"1"), "group name too long"),
+    ] {
+        let mut p = native_peer(n.addr, None).await;
+        p.send(&binary(&hello("peer-x", rand_incarnation()))).await;
+        p.send(&binary(&events)).await;
+        if reason.is_empty() {
+            // The last representable sequence is valid: delivered.
+            continue;
+        }
+        assert_eq!(p.next_close().await, (1002, reason.to_owned()));
+    }
+    // Nothing malformed reached the client; the valid one did.
+    assert_eq!(next_text(&mut client).await, "1");
+}
+
+fn rand_incarnation() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1
+}
+
+/// Finding 5: inbound links are bounded like clients: a cap on their
+/// number, a frame limit, one pong owed at a time, and a peer that stops
+/// reading is cut off.
+#[tokio::test]
+async fn inbound_peer_links_are_bounded() {
+    let n = peer_node(|c| {
+        c.max_peer_links = 2;
+        c.peer_max_message = 64 * 1024;
+        c.peer_ping_interval = Duration::from_millis(200);
+    });
+    let _a = native_peer(n.addr, None).await;
+    let _b = native_peer(n.addr, None).await;
+    let header = wsrelay::backplane::secret::header_value(BACKPLANE, now());
+    let req = format!(
+        "GET /websocket/broadcast/ HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nsecret: {header}\r\n\r\n"
+    );
+    let (status, body) = http(n.addr, req.as_bytes()).await;
+    assert_eq!(
+        (status, body),
+        (
+            503,
+            json!({"error": "backplane: peer link limit reached"}).to_string()
+        )
+    );
+    drop((_a, _b));
+    wait_metric(
+        n.addr,
+        "wsrelay_backplane_auth_failures_total{reason=\"link_limit\"} 1",
+    )
+    .await;
+
+    // A frame past --peer-max-message (once the dropped links' places
+    // are free again).
+    let mut p = loop {
+        let header = wsrelay::backplane::secret::header_value(BACKPLANE, now());
+        let s = tokio::net::TcpStream::connect(n.addr).await.unwrap();
+        let headers = format!("secret: {header}\r\nSec-WebSocket-Protocol: wsrelay.peer.v1\r\n");
+        match RawWs::try_upgrade_with(s, "/websocket/broadcast/", &headers).await {
+            Ok(ws) => break ws,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    p.send(&binary(&vec![0u8; 65 * 1024])).await;
+    assert_eq!(p.next_close().await, (1009, "message too big".into()));
+
+    // Pings from a peer that never reads: one pong owed at a time, and the
+    // link ends when its writes stall for three ping intervals.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(n.addr).await.unwrap();
+    let mut p = native_peer(n.addr, Some(stream)).await;
+    p.send(&binary(&wsrelay::backplane::wire::hello("pinger", 9)))
+        .await;
+    let pings = 40_000;
+    let ping = client_frame(true, 0x9, &[b'p'; 125]);
+    let mut all = Vec::with_capacity(ping.len() * 1000);
+    for _ in 0..1000 {
+        all.extend_from_slice(&ping);
+    }
+    for _ in 0..pings / 1000 {
+        p.send(&all).await;
+    }
+    wait_metric(
+        n.addr,
+        "wsrelay_backplane_link_up{peer=\"pinger\",direction=\"in\"} 0",
+    )
+    .await;
+    let mut pongs = 0;
+    while let Some((op, _)) = p.next_frame().await {
+        match op {
+            0xA => pongs += 1,
+            0x8 => break,
+            _ => {}
+        }
+    }
+    assert!(pongs < pings, "{pongs} pongs for {pings} pings");
+}

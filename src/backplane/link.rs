@@ -75,6 +75,8 @@ pub struct LinkSettings {
     pub tls: Arc<rustls::ClientConfig>,
     /// How long an interest acknowledgement waits for Redis memberships.
     pub ack_timeout: Duration,
+    /// Longest group name taken from a peer.
+    pub max_group_name: usize,
 }
 
 impl LinkSettings {
@@ -90,8 +92,9 @@ impl LinkSettings {
                 max_events: c.peer_buffer_events,
                 max_bytes: c.peer_buffer_bytes,
             },
-            max_message: (c.peer_batch_bytes * 2).max(64 << 20),
+            max_message: c.peer_max_message,
             ack_timeout: c.subscribe_ack_timeout,
+            max_group_name: c.max_group_name,
             tls: Arc::new(
                 crate::tls::client_config(c.peer_tls_verify, c.peer_ca_file.as_deref()).map_err(
                     |why| ConfigError::PeerCa {
@@ -811,6 +814,7 @@ async fn awx_broadcast(
     let wake = || ready.notify_one();
     // Borrowed, not cloned: this runs once per received event.
     let (bp, router, host) = (&*ctx.bp, &*ctx.router, spec.host.as_str());
+    let max_group = ctx.settings.max_group_name;
     let reader = read_loop(
         &mut r,
         &out,
@@ -820,7 +824,7 @@ async fn awx_broadcast(
             let Message::Text(t) = msg else {
                 return Ok(());
             };
-            super::receive_awx_event(bp, router, m, host, &t)
+            super::receive_awx_event(bp, router, m, host, &t, max_group)
                 .await
                 .map_err(|_| LinkError::Stopping)
         },

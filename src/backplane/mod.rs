@@ -30,6 +30,19 @@ pub use peer::{PeerProtocol, PeerSpec};
 use crate::fanout::{RouteDelta, RouteError, Router, Routes, PEERS};
 use crate::metrics::{LinkMetrics, Metrics};
 
+/// Sending nodes whose resume point is remembered at most; past it the
+/// longest silent is forgotten (it starts afresh if it ever comes back).
+pub const MAX_SENDERS: usize = 256;
+
+/// Whether `s` is acceptable as a node's name: 1 to 64 letters, digits,
+/// `.`, `-` or `_` (a host name). Names travel in peer messages and become
+/// metric labels and AWX stats keys, so nothing else is let through.
+pub fn is_node_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
 /// What one sending node has delivered here.
 #[derive(Debug, Clone, Copy)]
 struct FromPeer {
@@ -38,6 +51,8 @@ struct FromPeer {
     /// Bumped by each new link from the node; an older link still running
     /// sees the change and stops, so two links never interleave.
     generation: u64,
+    /// The last hello, to choose whom to forget past `MAX_SENDERS`.
+    seen: u64,
 }
 
 /// What to do with a received batch.
@@ -156,11 +171,27 @@ impl Backplane {
     /// it should resume (`None`: start fresh, we never heard of that run).
     pub fn hello(&self, node: &str, incarnation: u64) -> (u64, Option<u64>) {
         let mut peers = self.senders();
+        let seen = self.next_link.fetch_add(1, Ordering::Relaxed);
+        if !peers.contains_key(node) && peers.len() >= MAX_SENDERS {
+            // Bounded whatever names authenticated peers use: the longest
+            // silent sender is forgotten, and its metric series with it.
+            if let Some(oldest) = peers
+                .iter()
+                .min_by_key(|(_, p)| p.seen)
+                .map(|(n, _)| n.clone())
+            {
+                peers.remove(&oldest);
+                self.metrics.peers.forget(&oldest);
+                self.stats.forget(&oldest);
+            }
+        }
         let entry = peers.entry(node.to_owned()).or_insert(FromPeer {
             incarnation,
             last_seq: 0,
             generation: 0,
+            seen,
         });
+        entry.seen = seen;
         entry.generation += 1;
         let resume = if entry.incarnation == incarnation && entry.last_seq > 0 {
             Some(entry.last_seq)
@@ -187,7 +218,8 @@ impl Backplane {
         if p.generation != generation {
             return Err(Superseded);
         }
-        let last = first_seq + count.saturating_sub(1);
+        // `wire::decode` refused batches whose last sequence would wrap.
+        let last = first_seq.saturating_add(count.saturating_sub(1));
         let admit = if p.last_seq == 0 {
             Admit { skip: 0, gap: 0 }
         } else {
@@ -263,8 +295,13 @@ pub async fn receive_awx_event(
     m: &LinkMetrics,
     remote: &str,
     text: &[u8],
+    max_group: usize,
 ) -> Result<(), RouteError> {
     match awx::decode_event(text) {
+        Ok(e) if e.group.is_empty() || e.group.len() > max_group => {
+            m.skipped.inc();
+            tracing::debug!(peer = remote, "AWX event with an empty or too long group");
+        }
         Ok(e) => {
             m.events_received.inc();
             m.bytes_received.inc_by(text.len() as u64);

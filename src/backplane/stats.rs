@@ -42,6 +42,14 @@ impl RemoteStats {
         });
     }
 
+    /// Drops a remote no longer remembered (see `Backplane::hello`).
+    pub fn forget(&self, remote: &str) {
+        self.remotes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(remote);
+    }
+
     pub fn disconnected(&self, remote: &str) {
         self.with(remote, |r| r.connected = false);
     }

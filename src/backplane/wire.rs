@@ -40,6 +40,12 @@ pub enum WireError {
     NotUtf8,
     #[error("unsupported peer protocol version {0}")]
     Version(u8),
+    #[error("event payload in a peer message is not UTF-8")]
+    PayloadNotUtf8,
+    #[error("empty group name in a peer message")]
+    EmptyGroup,
+    #[error("sequence numbers in a peer message start at 0 or pass 2^64")]
+    BadSequence,
 }
 
 /// One decoded message. Events stay in the frame's bytes and are read
@@ -138,11 +144,24 @@ pub fn decode(msg: &[u8]) -> Result<PeerMessage<'_>, WireError> {
         tag::EVENTS => {
             let first_seq = r.u64()?;
             let count = r.u32()?;
+            // Sequences start at 1, and the last must fit: the receiver's
+            // resume bookkeeping adds without wrapping.
+            if count > 0
+                && (first_seq == 0 || first_seq.checked_add(u64::from(count) - 1).is_none())
+            {
+                return Err(WireError::BadSequence);
+            }
             let body = r.0;
             // Check the whole batch now, so iteration cannot fail later.
+            // Payloads become clients' text frames: they must be UTF-8
+            // (a browser drops a connection that receives anything else).
             for _ in 0..count {
-                r.str()?;
-                r.payload()?;
+                if r.str()?.is_empty() {
+                    return Err(WireError::EmptyGroup);
+                }
+                if simdutf8::basic::from_utf8(r.payload()?).is_err() {
+                    return Err(WireError::PayloadNotUtf8);
+                }
             }
             let used = body.len() - r.0.len();
             PeerMessage::Events {
@@ -440,5 +459,36 @@ mod tests {
         let mut bad_utf8 = vec![0x01, 1, 0, 1, 0xff];
         bad_utf8.extend_from_slice(&0u64.to_be_bytes());
         assert_eq!(decode(&bad_utf8), Err(WireError::NotUtf8));
+    }
+
+    /// Regression (issue 10, finding 8): what a hostile peer sends.
+    #[test]
+    fn peer_events_are_checked() {
+        let batch = |first_seq: u64, events: &[(&str, &[u8])]| {
+            let mut w = EventsWriter::start(BytesMut::new(), 0, first_seq);
+            for (g, p) in events {
+                w.push(g, p);
+            }
+            w.finish().0
+        };
+        assert_eq!(
+            decode(&batch(1, &[("g", &[b'{', 0xC3, 0x28, b'}'])])),
+            Err(WireError::PayloadNotUtf8)
+        );
+        assert_eq!(
+            decode(&batch(1, &[("", b"{}")])),
+            Err(WireError::EmptyGroup)
+        );
+        assert_eq!(
+            decode(&batch(0, &[("g", b"{}")])),
+            Err(WireError::BadSequence)
+        );
+        assert_eq!(
+            decode(&batch(u64::MAX, &[("g", b"1"), ("g", b"2")])),
+            Err(WireError::BadSequence)
+        );
+        // The last possible sequence, alone, is fine; an empty batch too.
+        assert!(decode(&batch(u64::MAX, &[("g", b"1")])).is_ok());
+        assert!(decode(&batch(0, &[])).is_ok());
     }
 }

@@ -70,6 +70,28 @@ pub fn choose(mode: IoMode) -> std::io::Result<Io> {
     }
 }
 
+/// A reserved place under a limit (clients, peer links), given back on
+/// drop.
+pub(crate) struct Slot<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Slot<'a> {
+    pub fn acquire(count: &'a std::sync::atomic::AtomicUsize, max: usize) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(count))
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// What every worker of a node shares. Read-only after start, except the
 /// atomics.
 pub(crate) struct NodeContext {
@@ -82,6 +104,8 @@ pub(crate) struct NodeContext {
     pub router: Arc<Router>,
     /// Websocket clients connected now, for the connection limit.
     pub ws_connections: AtomicUsize,
+    /// Links other nodes dialled to us, for `--max-peer-links`.
+    pub peer_links: AtomicUsize,
     pub io: Io,
     pub workers: usize,
     /// The routes epoch the Redis ingest has recorded; `None` without Redis.

@@ -66,6 +66,14 @@ pub(super) async fn run<S: Stream>(
         let reply = refuse(e.label(), &e.to_string());
         return conn::answer_and_close(stream, reply).await;
     }
+    // Counted like clients: each link holds buffers, a task and a decoder
+    // of up to `--peer-max-message`.
+    let Some(_slot) = super::Slot::acquire(&ctx.peer_links, ctx.config.max_peer_links) else {
+        bp.metrics.peers.auth_failure("link_limit").inc();
+        tracing::warn!(path = head.path, "peer refused: --max-peer-links reached");
+        let reply = http::error_response(503, "backplane: peer link limit reached", false);
+        return conn::answer_and_close(stream, reply).await;
+    };
     let accept = match http::upgrade_accept_key(&head) {
         Ok(k) => k,
         Err(e) => {
@@ -99,8 +107,10 @@ pub(super) async fn run<S: Stream>(
         bp: &bp,
         stream,
         out: RefCell::new(Vec::new()),
+        pong: RefCell::new(None),
         wake: Notify::new(),
         last_heard: Cell::new(Instant::now()),
+        write_started: Cell::new(None),
     };
     let result = match mode {
         Mode::Native => link.native(buf).await,
@@ -109,9 +119,10 @@ pub(super) async fn run<S: Stream>(
     };
     if let Err(Close { code, reason }) = result {
         tracing::info!(?mode, code, reason, "peer link ended");
-        let _ = stream
-            .write_all(frame::close_frame(code, reason).to_vec())
-            .await;
+        // Bounded: a peer that stopped reading does not get to hold the
+        // link open through our close frame.
+        let close = stream.write_all(frame::close_frame(code, reason).to_vec());
+        let _ = timeout(ctx.config.close_timeout, close).await;
     }
 }
 
@@ -123,8 +134,14 @@ struct Link<'a, S> {
     stream: &'a S,
     /// Control frames the reader or pinger wants written.
     out: RefCell<Vec<Bytes>>,
+    /// The pong owed for the latest ping: only the latest is answered
+    /// (RFC 6455 5.5.3), so a peer that pings and never reads queues one.
+    pong: RefCell<Option<Bytes>>,
     wake: Notify,
     last_heard: Cell<Instant>,
+    /// When the write in progress started; a peer that lets one hang for
+    /// three ping intervals has stopped reading.
+    write_started: Cell<Option<Instant>>,
 }
 
 /// Why a link ended: the close code it ends with and the reason.
@@ -178,7 +195,10 @@ impl<S: Stream> Link<'_, S> {
             let rest = frames.split_off(frames.len().min(IOVECS));
             let mut chunk = std::mem::replace(&mut frames, rest);
             while !chunk.is_empty() {
-                let mut n = match self.stream.writev(&mut chunk).await {
+                self.write_started.set(Some(Instant::now()));
+                let written = self.stream.writev(&mut chunk).await;
+                self.write_started.set(None);
+                let mut n = match written {
                     Ok(0) | Err(_) => return Err(Close::normal("write failed")),
                     Ok(n) => n,
                 };
@@ -198,7 +218,8 @@ impl<S: Stream> Link<'_, S> {
     }
 
     async fn flush_control(&self) -> Ended {
-        let frames = std::mem::take(&mut *self.out.borrow_mut());
+        let mut frames = std::mem::take(&mut *self.out.borrow_mut());
+        frames.extend(self.pong.borrow_mut().take());
         self.write_frames(frames).await
     }
 
@@ -209,14 +230,17 @@ impl<S: Stream> Link<'_, S> {
         F: FnMut(Message) -> Fut,
         Fut: std::future::Future<Output = Ended>,
     {
-        let mut decoder = Decoder::new(Role::Server, 256 << 20);
+        let mut decoder = Decoder::new(Role::Server, self.worker.ctx.config.peer_max_message);
         loop {
             loop {
                 match decoder.decode(&mut buf) {
                     Ok(Some(m)) => {
                         self.last_heard.set(Instant::now());
                         match m {
-                            Message::Ping(p) => self.send(frame::pong_frame(&p)),
+                            Message::Ping(p) => {
+                                *self.pong.borrow_mut() = Some(frame::pong_frame(&p));
+                                self.wake.notify_one();
+                            }
                             Message::Pong(_) => {}
                             Message::Close(..) => return Err(Close::normal("closed by the peer")),
                             m => on_data(m).await?,
@@ -249,6 +273,9 @@ impl<S: Stream> Link<'_, S> {
             let quiet = self.last_heard.get().elapsed();
             if quiet >= every * 3 {
                 return Err(Close::going("no traffic for three ping intervals"));
+            }
+            if matches!(self.write_started.get(), Some(t) if t.elapsed() >= every * 3) {
+                return Err(Close::going("the peer stopped reading"));
             }
             if quiet >= every {
                 self.send(frame::ping_frame(b""));
@@ -330,6 +357,10 @@ impl<S: Stream> Link<'_, S> {
             Ok(PeerMessage::Hello { node, incarnation }) => (node.to_owned(), incarnation),
             _ => return Err(Close::protocol("expected hello")),
         };
+        // The name becomes a metric label and an AWX stats key.
+        if !crate::backplane::is_node_name(&node) {
+            return Err(Close::protocol("bad node name in hello"));
+        }
         let (generation, resume) = self.bp.hello(&node, incarnation);
         // Registered before the link shows as up: from then on, subscribe
         // replies wait for this link to apply their interest.
@@ -365,6 +396,10 @@ impl<S: Stream> Link<'_, S> {
                     };
                     match wire::decode(&b).map_err(|_| Close::protocol("malformed peer message"))? {
                         PeerMessage::Events { first_seq, events } => {
+                            let max = ctx.config.max_group_name;
+                            if events.clone().into_iter().any(|(g, _)| g.len() > max) {
+                                return Err(Close::protocol("group name too long"));
+                            }
                             let n = events.len() as u64;
                             let admit = self
                                 .bp
@@ -509,9 +544,17 @@ impl<S: Stream> Link<'_, S> {
                     let Message::Text(t) = msg else {
                         return Ok(());
                     };
-                    crate::backplane::receive_awx_event(self.bp, &ctx.router, m, "awx-2022", &t)
-                        .await
-                        .map_err(|_| Close::going("node shutting down"))?;
+                    let max = ctx.config.max_group_name;
+                    crate::backplane::receive_awx_event(
+                        self.bp,
+                        &ctx.router,
+                        m,
+                        "awx-2022",
+                        &t,
+                        max,
+                    )
+                    .await
+                    .map_err(|_| Close::going("node shutting down"))?;
                     Ok(())
                 }
             });

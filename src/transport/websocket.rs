@@ -10,7 +10,6 @@
 use std::cell::Cell;
 use std::future::poll_fn;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -43,7 +42,7 @@ pub(super) async fn run<S: Stream>(
             return conn::answer_and_close(stream, reply).await;
         }
     };
-    let Some(_slot) = Slot::acquire(&ctx.ws_connections, ctx.config.max_connections) else {
+    let Some(_slot) = super::Slot::acquire(&ctx.ws_connections, ctx.config.max_connections) else {
         m.refused(Refusal::ConnectionLimit).inc();
         let reply = http::error_response(503, "connection limit reached", false);
         return conn::answer_and_close(stream, reply).await;
@@ -148,26 +147,6 @@ async fn followers_caught_up(ctx: &super::NodeContext, epoch: u64) {
         tokio::join!(redis, peers)
     })
     .await;
-}
-
-/// A reserved place under the node's connection limit, given back on drop.
-struct Slot<'a>(&'a AtomicUsize);
-
-impl<'a> Slot<'a> {
-    fn acquire(count: &'a AtomicUsize, max: usize) -> Option<Self> {
-        count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Slot(count))
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 struct Session<'w> {

@@ -36,10 +36,27 @@ pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
 
 impl RawWs {
     /// Upgrades on `path` over `stream`; panics unless the answer is 101.
-    pub async fn upgrade_on(mut stream: TcpStream, path: &str) -> RawWs {
+    pub async fn upgrade_on(stream: TcpStream, path: &str) -> RawWs {
+        Self::upgrade_with(stream, path, "").await
+    }
+
+    /// Like `upgrade_on`, with extra header lines (each ending in `\r\n`).
+    pub async fn upgrade_with(stream: TcpStream, path: &str, headers: &str) -> RawWs {
+        match Self::try_upgrade_with(stream, path, headers).await {
+            Ok(ws) => ws,
+            Err(head) => panic!("{head}"),
+        }
+    }
+
+    /// Like `upgrade_with`; a refusal returns the response head.
+    pub async fn try_upgrade_with(
+        mut stream: TcpStream,
+        path: &str,
+        headers: &str,
+    ) -> Result<RawWs, String> {
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{headers}\r\n"
         );
         stream.write_all(req.as_bytes()).await.unwrap();
         let mut buf = Vec::new();
@@ -56,9 +73,11 @@ impl RawWs {
             buf.extend_from_slice(&chunk[..n]);
         };
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        if !head.starts_with("HTTP/1.1 101") {
+            return Err(head);
+        }
         buf.drain(..end);
-        RawWs { stream, buf }
+        Ok(RawWs { stream, buf })
     }
 
     pub async fn connect(addr: SocketAddr, path: &str) -> RawWs {
