@@ -301,6 +301,12 @@ pub struct Config {
     /// Port for discovered nodes (AWX's `BROADCAST_WEBSOCKET_PORT`).
     /// Default 443.
     pub discover_port: u16,
+    /// Fault injection for tests only (no flag, environment variable or
+    /// file key sets it): a client text message, or a native peer's node
+    /// name, equal to this makes that connection's task panic, so tests
+    /// can prove that cleanup does not depend on a task ending normally.
+    /// Default none.
+    pub test_panic_on: Option<String>,
 }
 
 impl Default for Config {
@@ -373,6 +379,7 @@ impl Default for Config {
             discover_peers: None,
             discover_scheme: DialScheme::Wss,
             discover_port: 443,
+            test_panic_on: None,
         }
     }
 }
@@ -1029,6 +1036,7 @@ impl Settings {
             discover_peers: self.discover_peers,
             discover_scheme: self.discover_scheme.unwrap_or(d.discover_scheme),
             discover_port: self.discover_port.unwrap_or(d.discover_port),
+            test_panic_on: None,
         }
     }
 }

@@ -404,3 +404,72 @@ async fn inbound_peer_links_are_bounded() {
     }
     assert!(pongs < pings, "{pongs} pongs for {pings} pings");
 }
+
+/// Finding 9: cleanup does not depend on a task ending normally. A client
+/// session that panics leaves the hub (its groups are freed, the
+/// connection gauge drops), and the node goes on serving.
+#[tokio::test]
+async fn a_panicking_session_leaves_the_hub() {
+    let n = start(|c| c.test_panic_on = Some("boom".into()));
+    let mut stays = connect(n.addr, &token(1)).await;
+    subscribe(&mut stays, json!({"g": ["kept"]})).await;
+    let mut goes = connect(n.addr, &token(2)).await;
+    subscribe(&mut goes, json!({"g": ["only-mine"]})).await;
+    let groups = |body: &str| -> i64 {
+        body.lines()
+            .filter(|l| l.starts_with("wsrelay_groups{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+            .sum()
+    };
+    let (_, before) = http(
+        n.addr,
+        b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(groups(&before), 2, "{before}");
+    send(&mut goes, "boom").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, body) = http(
+            n.addr,
+            b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let conns: i64 = body
+            .lines()
+            .filter(|l| l.starts_with("wsrelay_connections{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+            .sum();
+        if conns == 1 && groups(&body) == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not cleaned up:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    emit_one(n.addr, "g-kept", r#"{"after": "panic"}"#).await;
+    assert_eq!(next_text(&mut stays).await, r#"{"after": "panic"}"#);
+}
+
+/// Finding 9: a native peer link whose task panics no longer makes every
+/// later subscribe wait the whole acknowledgement timeout for it.
+#[tokio::test]
+async fn a_panicking_peer_link_does_not_hold_subscribes() {
+    let n = peer_node(|c| {
+        c.test_panic_on = Some("panicking-peer".into());
+        // Far longer than the test waits: only the cleanup can answer.
+        c.subscribe_ack_timeout = Duration::from_secs(120);
+    });
+    let mut p = native_peer(n.addr, None).await;
+    p.send(&binary(&wsrelay::backplane::wire::hello(
+        "panicking-peer",
+        3,
+    )))
+    .await;
+    p.expect_eof().await;
+    let mut ws = connect(n.addr, &token(1)).await;
+    let reply = subscribe(&mut ws, json!({"jobs": ["status_changed"]})).await;
+    assert_eq!(reply["groups_current"], json!(["jobs-status_changed"]));
+}

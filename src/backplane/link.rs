@@ -304,6 +304,13 @@ async fn run_link(ctx: Arc<LinkCtx>, spec: PeerSpec, mut cancel: watch::Receiver
         }
         PeerProtocol::Awx(Era::Y2020) => None,
     };
+    // The sink leaves the outbox (and its groups the node's interest)
+    // however the task ends, a panic included.
+    let _owned = sink.clone().map(|sink| OwnedSink {
+        bp: ctx.bp.clone(),
+        sink,
+        depth: m.resend_depth.clone(),
+    });
     let mut attempt = 0u32;
     let mut was_up = false;
     loop {
@@ -358,9 +365,19 @@ async fn run_link(ctx: Arc<LinkCtx>, spec: PeerSpec, mut cancel: watch::Receiver
             _ = cancel.wait_for(|c| *c) => break,
         }
     }
-    if let Some(sink) = &sink {
-        ctx.bp.drop_sink(sink);
-        m.resend_depth.set(0);
+}
+
+/// A dialled link's sink, registered in the outbox for the task's life.
+struct OwnedSink {
+    bp: Arc<Backplane>,
+    sink: Arc<Sink>,
+    depth: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for OwnedSink {
+    fn drop(&mut self) {
+        self.bp.drop_sink(&self.sink);
+        self.depth.set(0);
     }
 }
 

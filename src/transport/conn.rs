@@ -15,8 +15,18 @@ use crate::ingest::http as emit;
 use crate::protocol::http::{self, Body, HttpError, RequestHead};
 
 pub(super) async fn serve<S: Stream>(worker: Rc<Worker>, stream: S) {
-    serve_requests(worker, &stream).await;
-    stream.shutdown_all();
+    // On every way out, a panic included: with io_uring a socket with a
+    // receive in flight is not closed by dropping it.
+    let stream = ShutdownOnDrop(stream);
+    serve_requests(worker, &stream.0).await;
+}
+
+struct ShutdownOnDrop<S: Stream>(S);
+
+impl<S: Stream> Drop for ShutdownOnDrop<S> {
+    fn drop(&mut self) {
+        self.0.shutdown_all();
+    }
 }
 
 async fn serve_requests<S: Stream>(worker: Rc<Worker>, stream: &S) {

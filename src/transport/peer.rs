@@ -370,6 +370,18 @@ impl<S: Stream> Link<'_, S> {
         m.up.set(1);
         m.connected_since.set(unix_now() as i64);
         self.bp.stats.connected(&node, unix_now());
+        // However this link ends, a panic included, subscribes stop
+        // waiting for it and it stops showing as up.
+        let _up = Registered {
+            bp: self.bp,
+            interest_link: Some(link_id),
+            up: m.up.clone(),
+            remote: Some(node.clone()),
+            sink: None,
+        };
+        if ctx.config.test_panic_on.as_deref() == Some(node.as_str()) {
+            panic!("test_panic_on: a peer asked for it");
+        }
         tracing::info!(node, ?resume, "peer link up (native, inbound)");
 
         let mut routes = ctx.routes.watch();
@@ -455,9 +467,6 @@ impl<S: Stream> Link<'_, S> {
             self.alongside_pings(reader, writer).await
         }
         .await;
-        self.bp.interest_acked(link_id, None);
-        m.up.set(0);
-        self.bp.stats.disconnected(&node);
         result
     }
 
@@ -472,6 +481,13 @@ impl<S: Stream> Link<'_, S> {
         };
         let sink = Arc::new(Sink::new("awx-2020".into(), Interest::All, limits));
         self.bp.outbox.add(sink.clone());
+        let _up = Registered {
+            bp: self.bp,
+            interest_link: None,
+            up: m.up.clone(),
+            remote: None,
+            sink: Some(sink.clone()),
+        };
         m.up.set(1);
         m.connected_since.set(unix_now() as i64);
         tracing::info!("peer link up (AWX 2020 broadcast, inbound)");
@@ -502,12 +518,10 @@ impl<S: Stream> Link<'_, S> {
         };
         let reader = self.read_loop(buf, |_| std::future::ready(Ok(())));
         let r = self.alongside_pings(reader, writer).await;
-        self.bp.outbox.remove(&sink);
         // Evicted while full, and queued but never written: both lost to
         // this dialer, so both counted.
         m.evicted
             .inc_by(sink.take_counts().evicted + sink.depth() as u64);
-        m.up.set(0);
         r
     }
 
@@ -519,6 +533,13 @@ impl<S: Stream> Link<'_, S> {
         m.up.set(1);
         m.connected_since.set(unix_now() as i64);
         self.bp.stats.connected("awx-2022", unix_now());
+        let _up = Registered {
+            bp: self.bp,
+            interest_link: None,
+            up: m.up.clone(),
+            remote: Some("awx-2022".into()),
+            sink: None,
+        };
         tracing::info!("peer link up (AWX 2022 relay, inbound)");
         let origin = format!("wsrelay_{}", self.bp.node_id);
         let mut routes = ctx.routes.watch();
@@ -576,8 +597,34 @@ impl<S: Stream> Link<'_, S> {
             self.alongside_pings(reader, writer).await
         }
         .await;
-        m.up.set(0);
-        self.bp.stats.disconnected("awx-2022");
         r
+    }
+}
+
+/// What an inbound link registered with the node, undone on drop, however
+/// the link ends.
+struct Registered<'a> {
+    bp: &'a Backplane,
+    /// The native link subscribe replies wait for.
+    interest_link: Option<u64>,
+    up: prometheus_client::metrics::gauge::Gauge,
+    /// The remote in AWX's stats.
+    remote: Option<String>,
+    /// The AWX 2020 dialer's sink in the outbox.
+    sink: Option<Arc<Sink>>,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if let Some(link) = self.interest_link {
+            self.bp.interest_acked(link, None);
+        }
+        self.up.set(0);
+        if let Some(remote) = &self.remote {
+            self.bp.stats.disconnected(remote);
+        }
+        if let Some(sink) = &self.sink {
+            self.bp.outbox.remove(sink);
+        }
     }
 }

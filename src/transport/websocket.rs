@@ -78,6 +78,12 @@ pub(super) async fn run<S: Stream>(
     m.accepted.inc();
     m.connections[worker.index].inc();
     let id = worker.hub.borrow_mut().insert();
+    // Leaves the hub however the session ends, a panic included: a
+    // subscription must never outlive its connection.
+    let _member = Member {
+        worker: &worker,
+        id,
+    };
     let rate = ctx.config.subscribe_rate as f64;
     let session = Session {
         worker: &worker,
@@ -91,13 +97,31 @@ pub(super) async fn run<S: Stream>(
         msg::accept_message(session.identity.user_id).as_bytes(),
     ));
     session.drive(stream, buf).await;
+}
 
-    let mut delta = RouteDelta::default();
-    let unsent = worker.hub.borrow_mut().remove(id, &mut delta);
-    worker.publish(&delta);
-    // Accepted for this client and never written: counted, not silent.
-    m.dropped.inc_by(unsent);
-    m.connections[worker.index].dec();
+/// A client's place in its worker's hub, given up on drop.
+struct Member<'w> {
+    worker: &'w Worker,
+    id: SubId,
+}
+
+impl Drop for Member<'_> {
+    fn drop(&mut self) {
+        let mut delta = RouteDelta::default();
+        // During a panic's unwinding every borrow made below this frame is
+        // already released; `try_` keeps even a broken invariant from
+        // turning into a second panic.
+        let Ok(mut hub) = self.worker.hub.try_borrow_mut() else {
+            return;
+        };
+        let unsent = hub.remove(self.id, &mut delta);
+        drop(hub);
+        self.worker.publish(&delta);
+        let m = &self.worker.ctx.metrics;
+        // Accepted for this client and never written: counted, not silent.
+        m.dropped.inc_by(unsent);
+        m.connections[self.worker.index].dec();
+    }
 }
 
 /// AWX's answer to a client it will not serve: `{"close": true}`, then a
@@ -334,6 +358,13 @@ impl Session<'_> {
 
     async fn on_text(&self, text: &mut [u8]) {
         let cfg = &self.worker.ctx.config;
+        if cfg
+            .test_panic_on
+            .as_deref()
+            .is_some_and(|p| p.as_bytes() == text)
+        {
+            panic!("test_panic_on: a client asked for it");
+        }
         let limits = GroupLimits {
             max_groups: cfg.max_groups,
             max_group_name: cfg.max_group_name,
