@@ -135,6 +135,10 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Groups one connection may hold. Default 1024.
     pub max_groups: usize,
+    /// Distinct groups the node holds at most, for its clients and for any
+    /// one peer's interest (each is also a membership in AWX's Redis).
+    /// Default 100,000.
+    pub max_node_groups: usize,
     /// Text messages (subscribes) one connection may send per second, with
     /// a burst of twice as many; past it the connection's reader pauses.
     /// Default 10: the AWX UI sends one when a page changes.
@@ -321,6 +325,7 @@ impl Default for Config {
             emit_key: None,
             max_message_bytes: 64 * 1024,
             max_groups: 1024,
+            max_node_groups: 100_000,
             subscribe_rate: 10,
             max_group_name: 256,
             max_connections: 100_000,
@@ -414,6 +419,7 @@ impl Config {
         let nonzero = [
             (self.max_message_bytes, "max-message-bytes"),
             (self.max_groups, "max-groups"),
+            (self.max_node_groups, "max-node-groups"),
             (self.subscribe_rate as usize, "subscribe-rate"),
             (self.max_group_name, "max-group-name"),
             (self.max_connections, "max-connections"),
@@ -653,6 +659,9 @@ pub struct Settings {
     /// Groups per connection [default: 1024]
     #[arg(long, env = "WSRELAY_MAX_GROUPS")]
     pub max_groups: Option<usize>,
+    /// Distinct groups held on the node at most [default: 100000]
+    #[arg(long, env = "WSRELAY_MAX_NODE_GROUPS")]
+    pub max_node_groups: Option<usize>,
     /// Messages (subscribes) per second per connection, burst twice that [default: 10]
     #[arg(long, env = "WSRELAY_SUBSCRIBE_RATE")]
     pub subscribe_rate: Option<u32>,
@@ -892,6 +901,7 @@ impl Settings {
             emit_key,
             max_message_bytes,
             max_groups,
+            max_node_groups,
             subscribe_rate,
             max_group_name,
             max_connections,
@@ -968,6 +978,7 @@ impl Settings {
             max_message_bytes: self.max_message_bytes.unwrap_or(d.max_message_bytes),
             max_groups: self.max_groups.unwrap_or(d.max_groups),
             subscribe_rate: self.subscribe_rate.unwrap_or(d.subscribe_rate),
+            max_node_groups: self.max_node_groups.unwrap_or(d.max_node_groups),
             max_group_name: self.max_group_name.unwrap_or(d.max_group_name),
             max_connections: self.max_connections.unwrap_or(d.max_connections),
             queue_bytes: self.queue_bytes.unwrap_or(d.queue_bytes),

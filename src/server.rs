@@ -133,6 +133,10 @@ impl Node {
             config.backplane_secret.clone(),
             metrics.clone(),
             routes.clone(),
+            crate::backplane::InterestLimits {
+                max_group_name: config.max_group_name,
+                max_node_groups: config.max_node_groups,
+            },
         ));
         let (senders, inboxes): (Vec<_>, Vec<_>) = (0..workers)
             .map(|_| mpsc::channel(config.worker_inbox))

@@ -473,3 +473,106 @@ async fn a_panicking_peer_link_does_not_hold_subscribes() {
     let reply = subscribe(&mut ws, json!({"jobs": ["status_changed"]})).await;
     assert_eq!(reply["groups_current"], json!(["jobs-status_changed"]));
 }
+
+/// Finding 3: the node holds a bounded number of groups; past it a
+/// subscribe that needs new ones is refused (and the subscription stays).
+#[tokio::test]
+async fn the_node_group_limit_holds() {
+    let n = start(|c| c.max_node_groups = 50);
+    let ids = |from: u32, to: u32| (from..to).collect::<Vec<u32>>();
+    let mut a = connect(n.addr, &token(1)).await;
+    let r = subscribe(&mut a, json!({"g": ids(0, 40)})).await;
+    assert_eq!(r["groups_current"].as_array().unwrap().len(), 40);
+    let mut b = connect(n.addr, &token(2)).await;
+    subscribe(&mut b, json!({"g": ids(0, 5)})).await;
+    send(&mut b, &json!({"groups": {"g": ids(40, 60)}}).to_string()).await;
+    assert_eq!(
+        next_json(&mut b).await,
+        json!({"error": "node group limit reached: 40 groups held, limit 50"})
+    );
+    // Groups already held cost nothing; what fits still goes.
+    let r = subscribe(&mut b, json!({"g": ids(0, 48)})).await;
+    assert_eq!(r["groups_current"].as_array().unwrap().len(), 48);
+    emit_one(n.addr, "g-4", r#"{"still": "held"}"#).await;
+    assert_eq!(next_text(&mut b).await, r#"{"still": "held"}"#);
+}
+
+/// Finding 3: a peer's interest is bounded by the node's group limit, and
+/// an interest too big for one message travels in several instead of
+/// breaking the link.
+#[tokio::test]
+async fn peer_interest_is_chunked_and_bounded() {
+    let receiver = peer_node(|c| {
+        c.node_id = "receiver".into();
+        c.max_groups = 1024;
+        c.max_group_name = 256;
+        c.max_message_bytes = 1 << 20;
+        c.subscribe_rate = 1000;
+    });
+    // 4,000 groups of ~200-byte names: about 800 KB, several messages.
+    let long = "x".repeat(190);
+    let mut clients = Vec::new();
+    for k in 0..4 {
+        let mut c = connect(receiver.addr, &token(k)).await;
+        let names: Vec<String> = (0..1000).map(|i| format!("{long}-{k}-{i}")).collect();
+        subscribe(&mut c, json!({ "big": names })).await;
+        clients.push(c);
+    }
+    let peer = format!("ws://{}", receiver.addr);
+    let generous = start(|c| {
+        c.node_id = "generous".into();
+        c.backplane_secret = Some(BACKPLANE.into());
+        c.peers = vec![peer.clone()];
+        // Below the whole interest (~800 KB), above one chunk.
+        c.peer_max_message = 300 * 1024;
+    });
+    wait_metric(
+        receiver.addr,
+        "wsrelay_backplane_link_up{peer=\"generous\",direction=\"in\"} 1",
+    )
+    .await;
+    // A subscribe's reply waits until the link applied its change, and the
+    // link is ordered: after it, the whole first interest is applied too.
+    let mut probe = connect(receiver.addr, &token(9)).await;
+    subscribe(&mut probe, json!({"probe": ["x"]})).await;
+    // The last group of the last chunk reached the generous sender: an
+    // event for it crosses.
+    let last = format!("big-{long}-3-999");
+    emit_one(generous.addr, &last, r#"{"crossed": true}"#).await;
+    assert_eq!(next_text(&mut clients[3]).await, r#"{"crossed": true}"#);
+    let tight = start(|c| {
+        c.node_id = "tight".into();
+        c.backplane_secret = Some(BACKPLANE.into());
+        c.peers = vec![peer.clone()];
+        c.max_node_groups = 1000;
+    });
+    // The tight sender refuses an interest past its limit: the link fails
+    // (and is redialled) rather than growing without bound.
+    let failures = format!(
+        "wsrelay_backplane_link_failures_total{{peer=\"{}\"}}",
+        receiver.addr
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let failed = || async {
+        let (_, body) = http(
+            tight.addr,
+            b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(failures.as_str())?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    while failed().await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the tight link never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -18,6 +18,7 @@ mod ingest;
 mod layer;
 mod node;
 mod storm;
+mod subscribe;
 
 use clap::{Parser, Subcommand};
 
@@ -44,6 +45,8 @@ enum Scenario {
     Soak(storm::SoakOptions),
     /// The storm across a mesh of nodes: emitted on one, viewed on the others
     Cluster(cluster::Options),
+    /// One small subscribe's latency while the node holds many groups (and others churn)
+    Subscribe(subscribe::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,5 +59,6 @@ fn main() -> anyhow::Result<()> {
         Scenario::Connects(opts) => connects::run(&opts),
         Scenario::Soak(opts) => storm::soak(&opts),
         Scenario::Cluster(opts) => cluster::run(&opts),
+        Scenario::Subscribe(opts) => subscribe::run(&opts),
     }
 }

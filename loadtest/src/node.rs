@@ -86,6 +86,7 @@ pub async fn start_cluster(
     workers: usize,
     n: usize,
     protocol: &str,
+    extra: &[&str],
 ) -> anyhow::Result<(NodeProcess, Vec<NodeProcess>)> {
     if n < 2 {
         bail!("a cluster needs at least 2 nodes");
@@ -120,7 +121,8 @@ pub async fn start_cluster(
                 args.push(format!("{prefix}ws://127.0.0.1:{p}"));
             }
         }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
         nodes.push(start(io, workers, &args).await?);
     }
     // Every other node has the emitting node's link up.

@@ -436,7 +436,7 @@ async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::R
                 bail!("the cluster scenario emits over HTTP to wsrelay nodes");
             }
             let (first, rest) =
-                node::start_cluster(io, opts.workers, cl.nodes, &cl.protocol).await?;
+                node::start_cluster(io, opts.workers, cl.nodes, &cl.protocol, &[]).await?;
             others = rest;
             first
         }

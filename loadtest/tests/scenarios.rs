@@ -505,3 +505,33 @@ fn connects_through_awx_api_cost_one_call_per_session() {
     );
     assert_eq!(jwt["refused"], 0, "{jwt}");
 }
+
+#[test]
+fn subscribe_reports_latency_with_many_groups_held() {
+    let io = if wsrelay::probe_uring().is_ok() {
+        "uring"
+    } else {
+        "epoll"
+    };
+    let r = run(
+        "subscribe",
+        &[
+            "subscribe",
+            "--held",
+            "3000",
+            "--per-connection",
+            "1000",
+            "--samples",
+            "20",
+            "--churn",
+            "1",
+            "--peer",
+            "--io",
+            io,
+        ],
+    );
+    for key in ["p50_ms", "p99_ms", "max_ms", "churn_sets", "node_rss_bytes"] {
+        assert!(!r[key].is_null(), "{key} missing in {r}");
+    }
+    assert!(r["churn_sets"].as_u64().unwrap() > 0, "{r}");
+}

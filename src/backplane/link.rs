@@ -663,7 +663,14 @@ async fn native(
                     added,
                     removed,
                 } => {
-                    let changed = ctx.bp.set_interest(sink, full, &added, &removed);
+                    let changed =
+                        ctx.bp
+                            .set_interest(sink, full, &added, &removed)
+                            .map_err(|_| {
+                                LinkError::Protocol(
+                                "peer interest refused: bad name or past the node's group limit",
+                            )
+                            })?;
                     // With Redis, "applied" includes this node's memberships
                     // there: the peer's subscribe reply then also covers
                     // events AWX's producers write here. Bounded.
@@ -756,7 +763,7 @@ async fn awx_relay(
     let (mut r, mut w) = conn;
     // AWX loses what was sent while its link was down, and its relay sends
     // the whole subscription again on connect: start from an empty set.
-    ctx.bp.set_interest(sink, true, &[], &[]);
+    let _ = ctx.bp.set_interest(sink, true, &[], &[]);
     sink.connected(None);
     count_sink(sink, m);
     let out = Shared::default();
@@ -766,10 +773,15 @@ async fn awx_relay(
             match awx::decode_consumer(&t) {
                 Ok(Some(change)) => {
                     let groups: Vec<&str> = change.groups.iter().map(String::as_str).collect();
-                    if change.subscribe {
-                        ctx.bp.set_interest(sink, false, &groups, &[]);
+                    let r = if change.subscribe {
+                        ctx.bp.set_interest(sink, false, &groups, &[])
                     } else {
-                        ctx.bp.set_interest(sink, false, &[], &groups);
+                        ctx.bp.set_interest(sink, false, &[], &groups)
+                    };
+                    // AWX's form has no way to refuse: skipped and counted.
+                    if let Err(e) = r {
+                        m.skipped.inc();
+                        tracing::warn!(peer = sink.label, error = %e, "AWX consumer change refused");
                     }
                 }
                 Ok(None) => {}

@@ -64,6 +64,23 @@ pub struct Admit {
     pub gap: u64,
 }
 
+/// Why a peer's interest was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InterestError {
+    #[error("empty or too long group name in a peer's interest")]
+    BadName,
+    #[error(transparent)]
+    TooMany(#[from] outbox::TooManyGroups),
+}
+
+/// Bounds on what peers may ask of this node.
+#[derive(Debug, Clone, Copy)]
+pub struct InterestLimits {
+    pub max_group_name: usize,
+    /// Groups one link's interest may hold (the node's group limit).
+    pub max_node_groups: usize,
+}
+
 /// A newer link from the same node replaced this one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("superseded by a newer link from the same node")]
@@ -89,6 +106,7 @@ pub struct Backplane {
     /// How many links carry each group; the union is published in the
     /// routes under the peers' bit (the Redis ingest registers it).
     wanted: Mutex<HashMap<Arc<str>, usize>>,
+    pub limits: InterestLimits,
 }
 
 impl Backplane {
@@ -97,8 +115,10 @@ impl Backplane {
         secret: Option<String>,
         metrics: Arc<Metrics>,
         routes: Arc<Routes>,
+        limits: InterestLimits,
     ) -> Self {
         Self {
+            limits,
             node_id,
             incarnation: rand::random::<u64>() | 1,
             secret,
@@ -116,23 +136,31 @@ impl Backplane {
 
     /// Changes a link's interest, and the node's union of peer interest.
     /// Returns the routes epoch when the node's union of peer interest
-    /// changed (the Redis ingest follows that epoch).
+    /// changed (the Redis ingest follows that epoch). Refused whole when
+    /// a name is empty or too long, or the link would pass the node's
+    /// group limit.
     pub fn set_interest(
         &self,
         sink: &Sink,
         full: bool,
         added: &[&str],
         removed: &[&str],
-    ) -> Option<u64> {
-        let (plus, minus) = sink.set_interest(full, added, removed);
-        self.peers_want(plus, minus)
+    ) -> Result<Option<u64>, InterestError> {
+        let max_name = self.limits.max_group_name;
+        if added.iter().any(|g| g.is_empty() || g.len() > max_name) {
+            return Err(InterestError::BadName);
+        }
+        let (plus, minus) = sink.set_interest(full, added, removed, self.limits.max_node_groups)?;
+        Ok(self.peers_want(plus, minus))
     }
 
     /// A link is gone for good: its sink leaves the outbox and its groups
     /// the union.
     pub fn drop_sink(&self, sink: &Arc<Sink>) {
         self.outbox.remove(sink);
-        let (_, minus) = sink.set_interest(true, &[], &[]);
+        let (_, minus) = sink
+            .set_interest(true, &[], &[], usize::MAX)
+            .expect("an empty set fits any bound");
         let _ = self.peers_want(Vec::new(), minus);
     }
 
@@ -266,6 +294,16 @@ impl Backplane {
             .insert(link, 0);
     }
 
+    /// The interest epoch a native inbound link has had acknowledged.
+    pub fn interest_acked_upto(&self, link: u64) -> u64 {
+        self.interest_acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&link)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Waits until every connected native peer has applied interest up to
     /// `epoch`, so a subscribe reply means events emitted on those peers
     /// afterwards arrive. Bounded by the caller.
@@ -328,6 +366,10 @@ mod tests {
             Some("s".into()),
             Arc::new(Metrics::new(1, "epoll")),
             Arc::new(Routes::default()),
+            InterestLimits {
+                max_group_name: 256,
+                max_node_groups: 1000,
+            },
         )
     }
 

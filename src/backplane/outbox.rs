@@ -13,6 +13,14 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+/// The groups an interest change actually added and removed.
+pub type InterestChange = (Vec<Arc<str>>, Vec<Arc<str>>);
+
+/// A peer's interest would pass the node's group limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a peer's interest of {0} groups passes the node's group limit")]
+pub struct TooManyGroups(pub usize);
+
 /// Which groups a sink carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Interest {
@@ -110,29 +118,59 @@ impl Sink {
     }
 
     /// Replaces the interest (a full set) or changes it; returns the groups
-    /// actually added and removed.
+    /// actually added and removed. A change costs its own size, not the
+    /// set's. `Err` (and no change) when the set would pass `max` groups:
+    /// a peer's interest becomes routes and Redis memberships here, so it
+    /// is bounded like a node's own groups.
     pub fn set_interest(
         &self,
         full: bool,
         added: &[&str],
         removed: &[&str],
-    ) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
+        max: usize,
+    ) -> Result<InterestChange, TooManyGroups> {
         let mut s = self.lock();
-        let old = match std::mem::replace(&mut s.interest, Interest::Groups(HashSet::new())) {
-            Interest::Groups(g) => g,
-            Interest::All => HashSet::new(),
+        if let Interest::All = s.interest {
+            s.interest = Interest::Groups(HashSet::new());
+        }
+        let Interest::Groups(set) = &mut s.interest else {
+            unreachable!("made a group set above");
         };
-        let mut new = if full { HashSet::new() } else { old.clone() };
+        if full {
+            let unique: HashSet<&str> = added.iter().copied().collect();
+            if unique.len() > max {
+                return Err(TooManyGroups(unique.len()));
+            }
+            let old = std::mem::take(set);
+            *set = unique.into_iter().map(Arc::from).collect();
+            for g in removed {
+                set.remove(*g);
+            }
+            let plus = set.difference(&old).cloned().collect();
+            let minus = old.difference(set).cloned().collect();
+            return Ok((plus, minus));
+        }
+        let growth = added.iter().filter(|g| !set.contains(**g)).count();
+        if set.len() + growth > max {
+            return Err(TooManyGroups(set.len() + growth));
+        }
+        let mut plus = Vec::new();
+        let mut minus = Vec::new();
         for g in added {
-            new.insert(Arc::from(*g));
+            if !set.contains(*g) {
+                let g: Arc<str> = Arc::from(*g);
+                set.insert(g.clone());
+                plus.push(g);
+            }
         }
         for g in removed {
-            new.remove(*g);
+            if let Some(g) = set.take(*g) {
+                minus.push(g);
+            }
         }
-        let plus = new.difference(&old).cloned().collect();
-        let minus = old.difference(&new).cloned().collect();
-        s.interest = Interest::Groups(new);
-        (plus, minus)
+        // Added and removed in one message: the net effect is the set's.
+        plus.retain(|g| set.contains(g));
+        Ok((plus, minus))
     }
 
     /// The groups this sink carries (empty for `All`).
@@ -330,7 +368,7 @@ mod tests {
         ));
         outbox.add(a.clone());
         outbox.add(b.clone());
-        b.set_interest(true, &["g1"], &[]);
+        b.set_interest(true, &["g1"], &[], 10).unwrap();
         outbox.offer(&[("g1", b"one"), ("g2", b"two")]);
         let (mut ta, mut tb) = (Vec::new(), Vec::new());
         a.take(&mut ta, 10, usize::MAX);
@@ -340,7 +378,7 @@ mod tests {
         assert_eq!(&*tb[0].group, "g1");
         // One copy of the payload, shared by both sinks.
         assert_eq!(ta[0].payload.as_ptr(), tb[0].payload.as_ptr());
-        b.set_interest(false, &["g2"], &["g1"]);
+        b.set_interest(false, &["g2"], &["g1"], 10).unwrap();
         assert!(b.wants("g2") && !b.wants("g1"));
         outbox.remove(&a);
         outbox.offer(&[("g1", b"x"), ("g2", b"y")]);

@@ -15,4 +15,4 @@ mod routes;
 pub use hub::{DeliveryStats, GroupChange, Hub, RouteDelta, SubId};
 pub use queue::{OutQueue, Push, QueueLimits, SlowPolicy};
 pub use router::{Event, RouteError, Router};
-pub use routes::{RouteTable, Routes, MAX_WORKERS, PEERS};
+pub use routes::{Changes, RouteTable, Routes, Transition, MAX_WORKERS, PEERS};

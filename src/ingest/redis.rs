@@ -7,7 +7,7 @@
 //! counts the error, backs off with jitter (100 ms doubling to 5 s), and on
 //! return re-registers every membership. Clients stay connected throughout.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,7 +20,8 @@ use tokio::time::Instant;
 use super::channels_redis::{consistent_hash, decode, Malformed, Naming};
 use super::stream::{self, BadEntry, Fields};
 use crate::config::Config;
-use crate::fanout::{Router, Routes};
+
+use crate::fanout::{Changes, Router, Routes};
 use crate::metrics::Metrics;
 
 /// Why the Redis ingest could not start.
@@ -174,33 +175,81 @@ impl Ingest {
     }
 
     /// Keeps Redis memberships equal to the groups held on this node, and
-    /// refreshes them well before `group_expiry` drops them.
+    /// refreshes them well before `group_expiry` drops them. Between
+    /// refreshes it follows the routes' transition log, so a subscribe
+    /// costs the groups it changed, not a diff of every group held.
     async fn membership(&self, registered: &tokio::sync::Mutex<HashSet<Arc<str>>>) {
         let refresh_every = Duration::from_secs((self.group_expiry_secs / 4).clamp(1, 300));
         let mut next_refresh = Instant::now() + refresh_every;
         let mut backoff = Backoff::new();
         let mut down = false;
-        // After an error, re-add everything: Redis may have restarted empty.
-        let mut add_all = false;
+        // At start and after an error, re-add everything: Redis may have
+        // restarted empty.
+        let mut add_all = true;
+        let mut synced: u64 = 0;
         loop {
-            let snap = self.routes.load_full();
             let refresh = add_all || Instant::now() >= next_refresh;
-            let result = {
-                let registered = registered.lock().await;
-                let add: Vec<&Arc<str>> = snap
-                    .groups
-                    .keys()
-                    .filter(|g| refresh || !registered.contains(*g))
-                    .collect();
-                let remove: Vec<&Arc<str>> = registered
-                    .iter()
-                    .filter(|g| !snap.groups.contains_key(*g))
-                    .collect();
-                self.sync(&add, &remove).await
+            let (changes, epoch) = if refresh {
+                (Changes::Resync, 0)
+            } else {
+                self.routes.since(synced)
             };
-            match result {
-                Ok(()) => {
-                    *registered.lock().await = snap.groups.keys().cloned().collect();
+            let result = {
+                let mut registered = registered.lock().await;
+                match changes {
+                    Changes::Transitions(ts) => {
+                        // The last word per group wins; only what differs
+                        // from Redis is sent.
+                        let mut net: HashMap<Arc<str>, bool> = HashMap::new();
+                        for t in ts {
+                            if let Some(held) = t.any {
+                                net.insert(t.group, held);
+                            }
+                        }
+                        let add: Vec<&Arc<str>> = net
+                            .iter()
+                            .filter(|(g, held)| **held && !registered.contains(*g))
+                            .map(|(g, _)| g)
+                            .collect();
+                        let remove: Vec<&Arc<str>> = net
+                            .iter()
+                            .filter(|(g, held)| !**held && registered.contains(*g))
+                            .map(|(g, _)| g)
+                            .collect();
+                        let r = self.sync(&add, &remove).await;
+                        if r.is_ok() {
+                            for (g, held) in net {
+                                if held {
+                                    registered.insert(g);
+                                } else {
+                                    registered.remove(&g);
+                                }
+                            }
+                        }
+                        r.map(|()| epoch)
+                    }
+                    Changes::Resync => {
+                        let snap = self.routes.load_full();
+                        let add: Vec<&Arc<str>> = snap
+                            .groups
+                            .keys()
+                            .filter(|g| refresh || !registered.contains(*g))
+                            .collect();
+                        let remove: Vec<&Arc<str>> = registered
+                            .iter()
+                            .filter(|g| !snap.groups.contains_key(*g))
+                            .collect();
+                        let r = self.sync(&add, &remove).await;
+                        if r.is_ok() {
+                            *registered = snap.groups.keys().cloned().collect();
+                        }
+                        r.map(|()| snap.epoch)
+                    }
+                }
+            };
+            let reached = match result {
+                Ok(reached) => {
+                    synced = reached;
                     if down {
                         tracing::info!("redis is back; memberships re-registered");
                         down = false;
@@ -211,6 +260,7 @@ impl Ingest {
                     if refresh {
                         next_refresh = Instant::now() + refresh_every;
                     }
+                    reached
                 }
                 Err(e) => {
                     if !down {
@@ -220,12 +270,18 @@ impl Ingest {
                     self.metrics.redis_up.set(0);
                     self.metrics.redis_errors.inc();
                     add_all = true;
+                    // Subscribers wait for this, not for Redis to come back.
+                    self.routes.load().epoch
                 }
-            }
-            // Subscribers wait for this, not for Redis to come back.
-            self.acked.send_replace(snap.epoch);
+            };
+            self.acked.send_replace(reached);
             if down {
                 backoff.wait().await;
+                continue;
+            }
+            // Changes that came in during the round are read next round;
+            // the notify's stored permit makes sure we look.
+            if self.routes.load().epoch > synced {
                 continue;
             }
             tokio::select! {

@@ -23,7 +23,7 @@ use crate::backplane::awx;
 use crate::backplane::link::unix_now;
 use crate::backplane::wire::{self, PeerMessage};
 use crate::backplane::{secret, Backplane, Interest, Sink};
-use crate::fanout::RouteTable;
+use crate::fanout::Changes;
 use crate::protocol::frame::{self, close_code, Decoder, Message, Role};
 use crate::protocol::http::{self, RequestHead};
 
@@ -283,36 +283,38 @@ impl<S: Stream> Link<'_, S> {
         }
     }
 
-    /// The local groups added and removed since `sent`, which becomes the
-    /// current set: what a receiver tells a sender, in either form.
-    fn interest_change(
-        table: &RouteTable,
-        sent: &mut HashSet<Arc<str>>,
-    ) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
-        let now: HashSet<Arc<str>> = table.local_groups().cloned().collect();
-        let added = now.difference(sent).cloned().collect();
-        let removed = sent.difference(&now).cloned().collect();
-        *sent = now;
-        (added, removed)
-    }
-
-    /// The native interest message: the full set now, changes after.
-    fn interest_frame(
-        table: &RouteTable,
-        sent: &mut HashSet<Arc<str>>,
+    /// The native interest messages for a change: one, or several when
+    /// the groups would not fit one message (a full set of a hundred
+    /// thousand names must not pass `--peer-max-message` and break the
+    /// link). The first carries `full`; only the last carries `epoch`
+    /// (the others one less), so its acknowledgement, and no earlier one,
+    /// says the whole change is applied.
+    fn interest_frames(
+        epoch: u64,
         full: bool,
-    ) -> Option<Bytes> {
-        let (added, removed) = Self::interest_change(table, sent);
-        if !full && added.is_empty() && removed.is_empty() {
-            return None;
-        }
-        let m = wire::interest(
-            table.epoch,
-            full,
-            added.iter().map(|g| &**g),
-            removed.iter().map(|g| &**g),
-        );
-        Some(frame::binary_frame(&m))
+        added: &[Arc<str>],
+        removed: &[Arc<str>],
+    ) -> Vec<Bytes> {
+        let chunks: Vec<&[Arc<str>]> = chunk_by_bytes(added, INTEREST_CHUNK_BYTES).collect();
+        let n = chunks.len().max(1);
+        (0..n)
+            .map(|i| {
+                let names = chunks.get(i).copied().unwrap_or(&[]);
+                let e = if i + 1 == n {
+                    epoch
+                } else {
+                    epoch.saturating_sub(1)
+                };
+                let gone: &[Arc<str>] = if i == 0 { removed } else { &[] };
+                let m = wire::interest(
+                    e,
+                    full && i == 0,
+                    names.iter().map(|g| &**g),
+                    gone.iter().map(|g| &**g),
+                );
+                frame::binary_frame(&m)
+            })
+            .collect()
     }
 
     /// Runs a link's reader and writer with the pinger until one ends.
@@ -385,15 +387,19 @@ impl<S: Stream> Link<'_, S> {
         tracing::info!(node, ?resume, "peer link up (native, inbound)");
 
         let mut routes = ctx.routes.watch();
-        let mut sent = HashSet::new();
-        let table = ctx.routes.load_full();
         routes.borrow_and_update();
+        let (mut told, all) = Told::start(&ctx.routes);
         let mut first = vec![frame::binary_frame(&wire::welcome(
             &self.bp.node_id,
             self.bp.incarnation,
             resume,
         ))];
-        first.extend(Self::interest_frame(&table, &mut sent, true));
+        first.extend(Self::interest_frames(told.epoch, true, &all, &[]));
+        drop(all);
+        // The epoch of the last interest sent, and the newest epoch that
+        // changed nothing the peer knows of: acknowledged with it.
+        let last_sent = Cell::new(told.epoch);
+        let quiet_upto = Cell::new(0u64);
         let result = async {
             self.write_frames(first).await?;
             let delivered = Cell::new(resume.unwrap_or(0));
@@ -402,6 +408,7 @@ impl<S: Stream> Link<'_, S> {
                 let m = &m;
                 let node = &node;
                 let delivered = &delivered;
+                let (last_sent, quiet_upto) = (&last_sent, &quiet_upto);
                 async move {
                     let Message::Binary(b) = msg else {
                         return Err(Close::protocol("text frame on a native link"));
@@ -434,7 +441,14 @@ impl<S: Stream> Link<'_, S> {
                             Ok(())
                         }
                         PeerMessage::InterestAck { epoch } => {
-                            self.bp.interest_acked(link_id, Some(epoch));
+                            // The last interest applied covers every epoch
+                            // after it that told the peer nothing new.
+                            let upto = if epoch >= last_sent.get() {
+                                epoch.max(quiet_upto.get())
+                            } else {
+                                epoch
+                            };
+                            self.bp.interest_acked(link_id, Some(upto));
                             Ok(())
                         }
                         _ => Err(Close::protocol("unexpected message from sender")),
@@ -449,9 +463,18 @@ impl<S: Stream> Link<'_, S> {
                             if r.is_err() {
                                 return Err(Close::going("routes gone"));
                             }
-                            let table = ctx.routes.load_full();
-                            if let Some(f) = Self::interest_frame(&table, &mut sent, false) {
-                                self.out.borrow_mut().push(f);
+                            let (added, removed) = told.catch_up(&ctx.routes);
+                            if added.is_empty() && removed.is_empty() {
+                                // Nothing for the peer: applied as soon as
+                                // what was sent before is.
+                                quiet_upto.set(told.epoch);
+                                if self.bp.interest_acked_upto(link_id) >= last_sent.get() {
+                                    self.bp.interest_acked(link_id, Some(told.epoch));
+                                }
+                            } else {
+                                last_sent.set(told.epoch);
+                                let frames = Self::interest_frames(told.epoch, false, &added, &removed);
+                                self.out.borrow_mut().extend(frames);
                             }
                         }
                     }
@@ -544,9 +567,8 @@ impl<S: Stream> Link<'_, S> {
         let origin = format!("wsrelay_{}", self.bp.node_id);
         let mut routes = ctx.routes.watch();
         routes.borrow_and_update();
-        let mut sent: HashSet<Arc<str>> = HashSet::new();
-        let consumer = |table: &RouteTable, sent: &mut HashSet<Arc<str>>| {
-            let (added, removed) = Self::interest_change(table, sent);
+        let (mut told, all) = Told::start(&ctx.routes);
+        let consumer = |added: Vec<Arc<str>>, removed: Vec<Arc<str>>| {
             [(true, added), (false, removed)]
                 .into_iter()
                 .filter(|(_, groups)| !groups.is_empty())
@@ -556,7 +578,7 @@ impl<S: Stream> Link<'_, S> {
                 })
                 .collect::<Vec<_>>()
         };
-        let first = consumer(&ctx.routes.load_full(), &mut sent);
+        let first = consumer(all, Vec::new());
         let r = async {
             self.write_frames(first).await?;
             let reader = self.read_loop(buf, |msg| {
@@ -587,7 +609,8 @@ impl<S: Stream> Link<'_, S> {
                             if r.is_err() {
                                 return Err(Close::going("routes gone"));
                             }
-                            let frames = consumer(&ctx.routes.load_full(), &mut sent);
+                            let (added, removed) = told.catch_up(&ctx.routes);
+                            let frames = consumer(added, removed);
                             self.out.borrow_mut().extend(frames);
                         }
                     }
@@ -598,6 +621,86 @@ impl<S: Stream> Link<'_, S> {
         }
         .await;
         r
+    }
+}
+
+/// Bytes of group names in one interest message at most.
+const INTEREST_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Consecutive runs of `groups` of about `max` bytes of names each.
+fn chunk_by_bytes(groups: &[Arc<str>], max: usize) -> impl Iterator<Item = &[Arc<str>]> {
+    let mut rest = groups;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let n = rest
+            .iter()
+            .take_while(|g| {
+                bytes += g.len() + 2;
+                bytes <= max
+            })
+            .count()
+            .max(1);
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Some(head)
+    })
+}
+
+/// What this node has told one peer about the groups its clients hold,
+/// kept current from the routes' transition log: each change costs what
+/// changed, not a diff of the whole table.
+struct Told {
+    sent: HashSet<Arc<str>>,
+    /// The routes epoch `sent` reflects.
+    epoch: u64,
+}
+
+impl Told {
+    /// The groups held now (to send whole) and the follower.
+    fn start(routes: &crate::fanout::Routes) -> (Told, Vec<Arc<str>>) {
+        let table = routes.load_full();
+        let sent: HashSet<Arc<str>> = table.local_groups().cloned().collect();
+        let all = sent.iter().cloned().collect();
+        (
+            Told {
+                sent,
+                epoch: table.epoch,
+            },
+            all,
+        )
+    }
+
+    /// The local groups added and removed since the last call.
+    fn catch_up(&mut self, routes: &crate::fanout::Routes) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
+        let (changes, epoch) = routes.since(self.epoch);
+        let (mut added, mut removed) = (Vec::new(), Vec::new());
+        match changes {
+            Changes::Transitions(ts) => {
+                for t in ts {
+                    match t.local {
+                        Some(true) if self.sent.insert(t.group.clone()) => added.push(t.group),
+                        Some(false) if self.sent.remove(&t.group) => removed.push(t.group),
+                        _ => {}
+                    }
+                }
+                // A group held and freed again within the window is in
+                // both lists; the net effect is what the set says.
+                added.retain(|g| self.sent.contains(g));
+                removed.retain(|g| !self.sent.contains(g));
+            }
+            Changes::Resync => {
+                let table = routes.load_full();
+                let now: HashSet<Arc<str>> = table.local_groups().cloned().collect();
+                added = now.difference(&self.sent).cloned().collect();
+                removed = self.sent.difference(&now).cloned().collect();
+                self.sent = now;
+            }
+        }
+        self.epoch = epoch;
+        (added, removed)
     }
 }
 

@@ -391,6 +391,24 @@ impl Session<'_> {
         let Some(target) = plan.subscribe else {
             return;
         };
+        // The node's group limit: each group is a routes entry here, and a
+        // membership in AWX's Redis. Counted against what the node holds
+        // now (several workers may pass it at once by a few subscribes).
+        let max = cfg.max_node_groups;
+        let (held, new) = {
+            let table = self.worker.ctx.routes.load();
+            let new = target
+                .iter()
+                .filter(|g| !table.groups.contains_key(g.as_str()))
+                .count();
+            (table.groups.len(), new)
+        };
+        if new > 0 && held + new > max {
+            m.client_errors.inc();
+            let e = format!("node group limit reached: {held} groups held, limit {max}");
+            self.control(frame::text_frame(msg::error_message(&e).as_bytes()));
+            return;
+        }
         let mut delta = RouteDelta::default();
         let reply = {
             let mut hub = self.worker.hub.borrow_mut();
