@@ -930,6 +930,13 @@ async fn a_peer_breaking_the_native_protocol_is_closed_with_1002_and_the_reason(
         let h = req.headers_mut();
         h.insert("secret", python_header(BACKPLANE, None).parse().unwrap());
         h.insert("sec-websocket-protocol", "wsrelay.peer.v1".parse().unwrap());
+        let auth = wsrelay::backplane::handshake::dial_header(
+            BACKPLANE,
+            "intruder-free",
+            now(),
+            rand::random(),
+        );
+        h.insert("wsrelay-auth", auth.parse().unwrap());
         let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
         assert_eq!(
             resp.headers()["sec-websocket-protocol"],

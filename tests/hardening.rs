@@ -243,20 +243,36 @@ fn peer_node(tune: impl FnOnce(&mut wsrelay::Config)) -> TestNode {
     })
 }
 
-/// Dials `addr` as a native peer over `stream` (by default a fresh
-/// connection), with a valid secret header.
-async fn native_peer(addr: std::net::SocketAddr, stream: Option<tokio::net::TcpStream>) -> RawWs {
-    let header = wsrelay::backplane::secret::header_value(BACKPLANE, now());
+/// The headers of a native dial as node `node`: AWX's secret header and
+/// the native handshake's (a fresh nonce each time).
+fn native_headers(node: &str) -> String {
+    let secret = wsrelay::backplane::secret::header_value(BACKPLANE, now());
+    let auth = wsrelay::backplane::handshake::dial_header(BACKPLANE, node, now(), rand_nonce());
+    format!(
+        "secret: {secret}\r\nwsrelay-auth: {auth}\r\nSec-WebSocket-Protocol: wsrelay.peer.v1\r\n"
+    )
+}
+
+fn rand_nonce() -> [u8; 16] {
+    rand_incarnation()
+        .to_be_bytes()
+        .repeat(2)
+        .try_into()
+        .unwrap()
+}
+
+/// Dials `addr` as native peer `node` over `stream` (by default a fresh
+/// connection), with valid headers.
+async fn native_peer(
+    addr: std::net::SocketAddr,
+    stream: Option<tokio::net::TcpStream>,
+    node: &str,
+) -> RawWs {
     let stream = match stream {
         Some(s) => s,
         None => tokio::net::TcpStream::connect(addr).await.unwrap(),
     };
-    RawWs::upgrade_with(
-        stream,
-        "/websocket/broadcast/",
-        &format!("secret: {header}\r\nSec-WebSocket-Protocol: wsrelay.peer.v1\r\n"),
-    )
-    .await
+    RawWs::upgrade_with(stream, "/websocket/broadcast/", &native_headers(node)).await
 }
 
 fn binary(payload: &[u8]) -> Vec<u8> {
@@ -269,7 +285,7 @@ fn binary(payload: &[u8]) -> Vec<u8> {
 async fn a_crafted_node_name_is_refused() {
     let n = peer_node(|_| {});
     let evil = "x\"} 1\nwsrelay_injected_total 1337\n# ";
-    let mut p = native_peer(n.addr, None).await;
+    let mut p = native_peer(n.addr, None, "legit").await;
     p.send(&binary(&wsrelay::backplane::wire::hello(evil, 7)))
         .await;
     assert_eq!(
@@ -305,7 +321,7 @@ async fn malformed_peer_events_close_the_link() {
         (batch(u64::MAX, "g-1", b"1"), ""),
         (batch(1, &"g".repeat(33), b"1"), "group name too long"),
     ] {
-        let mut p = native_peer(n.addr, None).await;
+        let mut p = native_peer(n.addr, None, "peer-x").await;
         p.send(&binary(&hello("peer-x", rand_incarnation()))).await;
         p.send(&binary(&events)).await;
         if reason.is_empty() {
@@ -336,8 +352,8 @@ async fn inbound_peer_links_are_bounded() {
         c.peer_max_message = 64 * 1024;
         c.peer_ping_interval = Duration::from_millis(200);
     });
-    let _a = native_peer(n.addr, None).await;
-    let _b = native_peer(n.addr, None).await;
+    let _a = native_peer(n.addr, None, "a").await;
+    let _b = native_peer(n.addr, None, "b").await;
     let header = wsrelay::backplane::secret::header_value(BACKPLANE, now());
     let req = format!(
         "GET /websocket/broadcast/ HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -361,10 +377,8 @@ async fn inbound_peer_links_are_bounded() {
     // A frame past --peer-max-message (once the dropped links' places
     // are free again).
     let mut p = loop {
-        let header = wsrelay::backplane::secret::header_value(BACKPLANE, now());
         let s = tokio::net::TcpStream::connect(n.addr).await.unwrap();
-        let headers = format!("secret: {header}\r\nSec-WebSocket-Protocol: wsrelay.peer.v1\r\n");
-        match RawWs::try_upgrade_with(s, "/websocket/broadcast/", &headers).await {
+        match RawWs::try_upgrade_with(s, "/websocket/broadcast/", &native_headers("big")).await {
             Ok(ws) => break ws,
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
@@ -377,7 +391,7 @@ async fn inbound_peer_links_are_bounded() {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(n.addr).await.unwrap();
-    let mut p = native_peer(n.addr, Some(stream)).await;
+    let mut p = native_peer(n.addr, Some(stream), "pinger").await;
     p.send(&binary(&wsrelay::backplane::wire::hello("pinger", 9)))
         .await;
     let pings = 40_000;
@@ -462,7 +476,7 @@ async fn a_panicking_peer_link_does_not_hold_subscribes() {
         // Far longer than the test waits: only the cleanup can answer.
         c.subscribe_ack_timeout = Duration::from_secs(120);
     });
-    let mut p = native_peer(n.addr, None).await;
+    let mut p = native_peer(n.addr, None, "panicking-peer").await;
     p.send(&binary(&wsrelay::backplane::wire::hello(
         "panicking-peer",
         3,
@@ -572,6 +586,127 @@ async fn peer_interest_is_chunked_and_bounded() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the tight link never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Finding 6: a captured native upgrade request cannot be replayed, and a
+/// dialer checks that the node it reached knows the secret too.
+#[tokio::test]
+async fn native_upgrades_cannot_be_replayed_and_prove_both_ways() {
+    let n = peer_node(|_| {});
+    let captured = native_headers("dialer");
+    let first = RawWs::try_upgrade_with(
+        tokio::net::TcpStream::connect(n.addr).await.unwrap(),
+        "/websocket/broadcast/",
+        &captured,
+    )
+    .await;
+    assert!(first.is_ok());
+    for (headers, reason) in [
+        (
+            captured.clone(),
+            "backplane: wsrelay-auth nonce was already used (a replayed request)",
+        ),
+        (
+            captured
+                .lines()
+                .filter(|l| !l.starts_with("wsrelay-auth"))
+                .map(|l| format!("{l}\n"))
+                .collect(),
+            "backplane: native links need a wsrelay-auth header (is the dialing node older?)",
+        ),
+    ] {
+        let refused = RawWs::try_upgrade_with(
+            tokio::net::TcpStream::connect(n.addr).await.unwrap(),
+            "/websocket/broadcast/",
+            &headers,
+        )
+        .await;
+        let head = refused.err().expect("refused");
+        assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+        let req = format!(
+            "GET /websocket/broadcast/ HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{}\r\n",
+            headers.replace('\n', "\r\n").replace("\r\r\n", "\r\n")
+        );
+        let (status, body) = http(n.addr, req.as_bytes()).await;
+        assert_eq!(
+            (status, body),
+            (403, json!({ "error": reason }).to_string())
+        );
+    }
+    wait_metric(
+        n.addr,
+        "wsrelay_backplane_auth_failures_total{reason=\"replayed\"} 2",
+    )
+    .await;
+
+    // A "node" that accepts the native protocol without knowing the secret
+    // (it cannot answer the nonce): the dialer refuses the link.
+    let fake = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake_addr = fake.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = fake.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    match s.read_u8().await {
+                        Ok(b) => head.push(b),
+                        Err(_) => return,
+                    }
+                }
+                let head = String::from_utf8_lossy(&head);
+                let key = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned();
+                let accept = wsrelay::protocol::http::accept_key(&key);
+                let reply = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                     Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: wsrelay.peer.v1\r\n\r\n"
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+                let mut sink = [0u8; 1024];
+                while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let dialer = peer_node(|c| c.peers = vec![format!("ws://{fake_addr}")]);
+    let failures = format!("wsrelay_backplane_link_failures_total{{peer=\"{fake_addr}\"}}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, body) = http(
+            dialer.addr,
+            b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        // Never up, not even for a moment: the proof is checked first.
+        assert!(
+            !body.contains(&format!(
+                "wsrelay_backplane_link_up{{peer=\"{fake_addr}\",direction=\"out\"}} 1"
+            )),
+            "{body}"
+        );
+        let failed = body
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(failures.as_str())?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0);
+        if failed > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the link to the fake node never failed"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

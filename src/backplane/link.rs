@@ -22,7 +22,7 @@ use super::heartbeat::{self, HeartbeatSettings};
 use super::outbox::{Interest, Pending, Sink, SinkLimits};
 use super::peer::{PeerProtocol, PeerSpec};
 use super::wire::{self, EventsWriter, PeerMessage};
-use super::{secret, Backplane};
+use super::{handshake, secret, Backplane};
 use crate::config::{Config, ConfigError};
 use crate::fanout::Router;
 use crate::metrics::LinkMetrics;
@@ -453,10 +453,13 @@ async fn dial(ctx: &LinkCtx, spec: &PeerSpec) -> Result<((Reader, Writer), bool)
         node = ctx.bp.node_id,
     );
     let offer_native = matches!(spec.protocol, PeerProtocol::Native | PeerProtocol::Auto);
+    let nonce: [u8; 16] = rand::random();
     if offer_native {
         req.push_str(&format!(
-            "Sec-WebSocket-Protocol: {}\r\n",
-            wire::SUBPROTOCOL
+            "Sec-WebSocket-Protocol: {}\r\n{}: {}\r\n",
+            wire::SUBPROTOCOL,
+            handshake::AUTH_HEADER,
+            handshake::dial_header(secret, &ctx.bp.node_id, unix_now(), nonce),
         ));
     }
     req.push_str("\r\n");
@@ -503,6 +506,17 @@ async fn dial(ctx: &LinkCtx, spec: &PeerSpec) -> Result<((Reader, Writer), bool)
     };
     if spec.protocol == PeerProtocol::Native && !native {
         return Err(LinkError::NotNative);
+    }
+    // The node we reached must know the secret too (it answers our nonce).
+    if native {
+        let nonce_hex: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+        let proved = header_of(handshake::PROOF_HEADER)
+            .is_some_and(|p| handshake::verify_proof(&p, secret, &nonce_hex));
+        if !proved {
+            return Err(LinkError::Refused(
+                "the node did not prove it knows the backplane secret".into(),
+            ));
+        }
     }
     let _ = buf.split_to(end);
     let (rd, wr) = tokio::io::split(io);

@@ -10,6 +10,7 @@
 //! de-duplication), and who has acknowledged which interest epoch.
 
 pub mod awx;
+pub mod handshake;
 pub mod heartbeat;
 pub mod link;
 pub mod outbox;
@@ -107,6 +108,8 @@ pub struct Backplane {
     /// routes under the peers' bit (the Redis ingest registers it).
     wanted: Mutex<HashMap<Arc<str>, usize>>,
     pub limits: InterestLimits,
+    /// Native dial nonces seen within the window: each is accepted once.
+    pub replays: Mutex<handshake::Replays>,
 }
 
 impl Backplane {
@@ -119,6 +122,7 @@ impl Backplane {
     ) -> Self {
         Self {
             limits,
+            replays: Mutex::new(handshake::Replays::default()),
             node_id,
             incarnation: rand::random::<u64>() | 1,
             secret,

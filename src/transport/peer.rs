@@ -22,7 +22,7 @@ use super::worker::Worker;
 use crate::backplane::awx;
 use crate::backplane::link::unix_now;
 use crate::backplane::wire::{self, PeerMessage};
-use crate::backplane::{secret, Backplane, Interest, Sink};
+use crate::backplane::{handshake, secret, Backplane, Interest, Sink};
 use crate::fanout::Changes;
 use crate::protocol::frame::{self, close_code, Decoder, Message, Role};
 use crate::protocol::http::{self, RequestHead};
@@ -84,6 +84,27 @@ pub(super) async fn run<S: Stream>(
     let native_offered = head
         .header("sec-websocket-protocol")
         .is_some_and(|v| v.split(',').any(|p| p.trim() == wire::SUBPROTOCOL));
+    // Native links also prove freshness (a nonce accepted once) and get a
+    // proof back; AWX's forms keep AWX's rule (README: residual risk).
+    let dial = if native_offered {
+        let checked = head
+            .header(handshake::AUTH_HEADER)
+            .ok_or(handshake::HandshakeError::Missing)
+            .and_then(|h| handshake::verify_dial(h.trim(), shared, unix_now()))
+            .and_then(|d| {
+                let mut replays = bp.replays.lock().unwrap_or_else(|e| e.into_inner());
+                replays.admit(&d, unix_now()).map(|()| d)
+            });
+        match checked {
+            Ok(d) => Some(d),
+            Err(e) => {
+                let reply = refuse(e.label(), &e.to_string());
+                return conn::answer_and_close(stream, reply).await;
+            }
+        }
+    } else {
+        None
+    };
     let mode = match head.path.trim_end_matches('/') {
         // Native wherever it is offered: discovered nodes are dialled at
         // AWX's relay path, offering it (`PeerProtocol::Auto`).
@@ -92,11 +113,13 @@ pub(super) async fn run<S: Stream>(
         _ => Mode::Broadcast,
     };
     let mut reply = String::from_utf8(http::switching_protocols(&accept)).expect("ascii");
-    if mode == Mode::Native {
+    if let (Mode::Native, Some(d)) = (mode, &dial) {
         reply.truncate(reply.len() - 2);
         reply.push_str(&format!(
-            "Sec-WebSocket-Protocol: {}\r\n\r\n",
-            wire::SUBPROTOCOL
+            "Sec-WebSocket-Protocol: {}\r\n{}: {}\r\n\r\n",
+            wire::SUBPROTOCOL,
+            handshake::PROOF_HEADER,
+            handshake::proof(shared, &d.nonce),
         ));
     }
     if stream.write_all(reply.into_bytes()).await.is_err() {
@@ -113,7 +136,10 @@ pub(super) async fn run<S: Stream>(
         write_started: Cell::new(None),
     };
     let result = match mode {
-        Mode::Native => link.native(buf).await,
+        Mode::Native => {
+            let node = dial.map(|d| d.node).unwrap_or_default();
+            link.native(buf, &node).await
+        }
         Mode::Broadcast => link.broadcast(buf).await,
         Mode::Relay => link.relay(buf).await,
     };
@@ -332,7 +358,9 @@ impl<S: Stream> Link<'_, S> {
 
     // === native: we receive ===
 
-    async fn native(&self, mut buf: BytesMut) -> Ended {
+    /// `dialer` is the node the handshake authenticated; its hello must
+    /// name the same node.
+    async fn native(&self, mut buf: BytesMut, dialer: &str) -> Ended {
         let ctx = &self.worker.ctx;
         // The dialer speaks first: who it is and which run.
         let hello = timeout(ctx.config.request_timeout, async {
@@ -362,6 +390,11 @@ impl<S: Stream> Link<'_, S> {
         // The name becomes a metric label and an AWX stats key.
         if !crate::backplane::is_node_name(&node) {
             return Err(Close::protocol("bad node name in hello"));
+        }
+        if node != dialer {
+            return Err(Close::protocol(
+                "hello names another node than the handshake",
+            ));
         }
         let (generation, resume) = self.bp.hello(&node, incarnation);
         // Registered before the link shows as up: from then on, subscribe
