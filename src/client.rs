@@ -175,6 +175,31 @@ impl Client {
         }
     }
 
+    /// Sends one frame of any kind (masked, final).
+    pub async fn send(&mut self, op: u8, payload: &[u8]) -> Result<(), ClientError> {
+        let key = self.mask();
+        let f = frame::client::frame(op, true, payload, key);
+        self.stream.write_all(&f).await?;
+        Ok(())
+    }
+
+    /// Sends a close frame with `code` and `reason`.
+    pub async fn close_with(&mut self, code: u16, reason: &str) -> Result<(), ClientError> {
+        let key = self.mask();
+        let f: Bytes = frame::client::close_frame(code, reason, key);
+        self.stream.write_all(&f).await?;
+        Ok(())
+    }
+
+    /// Waits (bounded) for the server to end the connection after a close.
+    pub async fn finish(&mut self, within: std::time::Duration) {
+        let _ = tokio::time::timeout(within, async {
+            let mut sink = [0u8; 4096];
+            while matches!(self.stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    }
+
     /// Sends a close frame.
     pub async fn close(&mut self) -> Result<(), ClientError> {
         let key = self.mask();

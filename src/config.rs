@@ -311,6 +311,13 @@ pub struct Config {
     /// can prove that cleanup does not depend on a task ending normally.
     /// Default none.
     pub test_panic_on: Option<String>,
+    /// Conformance testing only (no flag, environment variable or file key
+    /// sets it): every websocket session echoes each text and binary
+    /// message back instead of speaking AWX's protocol, with no
+    /// authentication. The same decoder, control-frame, close and UTF-8
+    /// handling serve it as serve clients; the Autobahn cases run against
+    /// it. Default off.
+    pub test_echo: bool,
 }
 
 impl Default for Config {
@@ -385,6 +392,7 @@ impl Default for Config {
             discover_scheme: DialScheme::Wss,
             discover_port: 443,
             test_panic_on: None,
+            test_echo: false,
         }
     }
 }
@@ -1048,6 +1056,7 @@ impl Settings {
             discover_scheme: self.discover_scheme.unwrap_or(d.discover_scheme),
             discover_port: self.discover_port.unwrap_or(d.discover_port),
             test_panic_on: None,
+            test_echo: false,
         }
     }
 }

@@ -78,6 +78,11 @@ async fn serve_requests<S: Stream>(worker: Rc<Worker>, stream: &S) {
         }
         let keep_alive = head.keep_alive() && bodiless;
         let (reply, reuse) = match (head.method.as_str(), head.path.as_str()) {
+            // Conformance testing: every upgrade is an echo session.
+            _ if ctx.config.test_echo && head.is_upgrade() => {
+                websocket::run(worker, stream, head, buf).await;
+                return;
+            }
             (_, "/websocket/" | "/api/websocket/" | "/websocket" | "/api/websocket")
                 if head.is_upgrade() =>
             {

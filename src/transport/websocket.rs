@@ -57,6 +57,9 @@ pub(super) async fn run<S: Stream>(
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    if ctx.config.test_echo {
+        return echo(&worker, stream, buf).await;
+    }
     // Boxed: an API lookup's state is large and lives only until the
     // accept; inline, it would size every connection's task for life.
     let identity = match Box::pin(ctx.auth.authenticate(&head, now)).await {
@@ -96,6 +99,25 @@ pub(super) async fn run<S: Stream>(
     session.control(frame::text_frame(
         msg::accept_message(session.identity.user_id).as_bytes(),
     ));
+    session.drive(stream, buf).await;
+}
+
+/// Conformance testing (`Config::test_echo`): the session machinery with
+/// every message echoed back, unauthenticated, so the Autobahn cases
+/// exercise the decoder, control frames, closes and UTF-8 checks that
+/// serve clients.
+async fn echo<S: Stream>(worker: &Worker, stream: &S, buf: BytesMut) {
+    let id = worker.hub.borrow_mut().insert();
+    worker.ctx.metrics.connections[worker.index].inc();
+    let _member = Member { worker, id };
+    let session = Session {
+        worker,
+        id,
+        identity: Identity::anyone(0),
+        csrf_cookie: None,
+        write_started: Cell::new(None),
+        message_budget: Cell::new((f64::MAX, Instant::now())),
+    };
     session.drive(stream, buf).await;
 }
 
@@ -301,6 +323,14 @@ impl Session<'_> {
     /// Handles one message; `false` ends the reading side.
     async fn on_message(&self, message: Message) -> bool {
         match message {
+            Message::Text(text) if self.worker.ctx.config.test_echo => {
+                self.control(frame::text_frame(&text));
+                true
+            }
+            Message::Binary(b) if self.worker.ctx.config.test_echo => {
+                self.control(frame::binary_frame(&b));
+                true
+            }
             Message::Text(mut text) => {
                 self.pace().await;
                 self.on_text(&mut text).await;
