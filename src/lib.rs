@@ -29,6 +29,8 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod fanout;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ingest;
 pub mod metrics;
 pub mod payload;
