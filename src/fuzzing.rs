@@ -14,8 +14,11 @@ use crate::protocol::client::{self, GroupLimits, Session};
 use crate::protocol::frame::{Decoder, Message, Role};
 use crate::protocol::{emit, http};
 
+/// A target: its name (the directory of its corpus) and its body.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// Every target by name, for the corpus replay and `scripts/fuzz`.
-pub const TARGETS: [(&str, fn(&[u8])); 9] = [
+pub const TARGETS: [Target; 9] = [
     ("frame_decoder", frame_decoder),
     ("http_head", http_head),
     ("client_message", client_message),
