@@ -97,6 +97,32 @@ pub async fn redis_stream(url: &str, stream: &str, events: &[Event]) -> anyhow::
     xadd(&mut conn, stream, events).await
 }
 
+/// One open connection to a stream, for producers that send batch after
+/// batch (a connection per batch would pay a handshake each time).
+pub struct StreamWriter {
+    conn: redis::aio::MultiplexedConnection,
+    stream: String,
+}
+
+impl StreamWriter {
+    pub async fn connect(url: &str, stream: &str) -> anyhow::Result<StreamWriter> {
+        let client = redis::Client::open(url).with_context(|| format!("bad redis url {url}"))?;
+        let conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .with_context(|| format!("cannot connect to {url}"))?;
+        Ok(StreamWriter {
+            conn,
+            stream: stream.to_owned(),
+        })
+    }
+
+    /// `XADD`s `events`; returns how many were added.
+    pub async fn send(&mut self, events: &[Event]) -> anyhow::Result<u64> {
+        xadd(&mut self.conn, &self.stream, events).await
+    }
+}
+
 /// `XADD`s events to `stream` over an open connection, `BATCH` per round
 /// trip; returns how many were added.
 pub async fn xadd(
