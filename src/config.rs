@@ -64,14 +64,17 @@ pub enum ConfigError {
     #[error("--redis {0}: want a redis:// or unix:// URL")]
     RedisUrl(String),
     #[error(
-        "refusing to start a cluster without a backplane secret: --peer is set, \
-         so pass --backplane-secret S (the same on every node; AWX's BROADCAST_WEBSOCKET_SECRET)"
+        "refusing to start a cluster without a backplane secret: --peer, --broker or \
+         --discover-peers is set, so pass --backplane-secret S (the same on every node; \
+         AWX's BROADCAST_WEBSOCKET_SECRET)"
     )]
     NoBackplaneSecret,
     #[error(transparent)]
     Peer(#[from] crate::backplane::peer::PeerUrlError),
     #[error("--peer-ca-file {path}: {why}")]
     PeerCa { path: PathBuf, why: String },
+    #[error("{0}")]
+    Broker(String),
 }
 
 /// Which I/O driver the workers use.
@@ -163,6 +166,14 @@ pub struct Config {
     /// Event batches a worker's inbox holds before producers wait.
     /// Default 1,024.
     pub worker_inbox: usize,
+    /// Least time between two writes to one client. A write after a quiet
+    /// spell goes at once; one that follows within the interval waits for
+    /// its end and carries everything that arrived meanwhile, so under a
+    /// flood each client costs one system call per interval instead of one
+    /// per event. Default 1 ms (tokio's timer rounds the wait up to whole
+    /// milliseconds); 0 writes whenever there is something to write.
+    /// PERF.md has the measurement behind the default.
+    pub client_write_interval: Duration,
     /// Interval between server pings; a client that sends nothing for a
     /// whole interval after a ping is closed. Default 20 s (AWX's
     /// heartbeat).
@@ -212,6 +223,23 @@ pub struct Config {
     /// Peers to dial: `[native+|awx-2020+|awx-2022+]ws[s]://host[:port]`.
     /// Default none: a single node. Re-read from the config file on SIGHUP.
     pub peers: Vec<String>,
+    /// NATS servers of the broker backplane (`nats://host:4222`, or
+    /// `tls://`; one cluster, any of its servers). Default none: no broker.
+    /// Needs `backplane_secret`, which signs every broker message.
+    pub broker: Vec<String>,
+    /// The subjects' first tokens: a group's events travel on
+    /// `<prefix>.g.<group>`. Default `wsrelay`; clusters sharing a broker
+    /// keep apart with different prefixes.
+    pub broker_subject_prefix: String,
+    /// How long the broker's JetStream stream keeps messages, so that a
+    /// node back from a lost connection replays what it missed. Default
+    /// 120 s; 0 turns JetStream off (losses while away are then counted
+    /// by the sender only).
+    pub broker_replay_window: Duration,
+    /// The JetStream stream's name. Default `WSRELAY`.
+    pub broker_stream: String,
+    /// The stream's bound in bytes (oldest dropped first). Default 1 GiB.
+    pub broker_stream_max_bytes: u64,
     /// The backplane's shared secret (AWX's `BROADCAST_WEBSOCKET_SECRET`).
     /// No default; without it every peer upgrade is refused with 403, and
     /// a node with peers refuses to start.
@@ -343,6 +371,7 @@ impl Default for Config {
             max_emit_events: 100_000,
             max_head_bytes: 16 * 1024,
             worker_inbox: 1024,
+            client_write_interval: Duration::from_millis(1),
             ping_interval: Duration::from_secs(20),
             request_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(2),
@@ -362,6 +391,11 @@ impl Default for Config {
             backplane_secret: None,
             peer_tls_verify: true,
             peer_ca_file: None,
+            broker: Vec::new(),
+            broker_subject_prefix: "wsrelay".into(),
+            broker_replay_window: Duration::from_secs(120),
+            broker_stream: "WSRELAY".into(),
+            broker_stream_max_bytes: 1 << 30,
             peer_connect_timeout: Duration::from_secs(5),
             peer_backoff_max: Duration::from_secs(30),
             peer_ping_interval: Duration::from_secs(5),
@@ -463,9 +497,12 @@ impl Config {
         self.peer_specs()?;
         match &self.backplane_secret {
             Some(s) if s.is_empty() => return Err(ConfigError::Empty("backplane-secret")),
-            None if !self.peers.is_empty() => return Err(ConfigError::NoBackplaneSecret),
+            None if !self.peers.is_empty() || !self.broker.is_empty() => {
+                return Err(ConfigError::NoBackplaneSecret)
+            }
             _ => {}
         }
+        crate::backplane::broker::BrokerSettings::from_config(self)?;
         if self.worker_count() > MAX_WORKERS {
             return Err(ConfigError::TooManyWorkers(self.workers));
         }
@@ -700,6 +737,9 @@ pub struct Settings {
     /// Event batches a worker inbox holds [default: 1024]
     #[arg(long, env = "WSRELAY_WORKER_INBOX")]
     pub worker_inbox: Option<usize>,
+    /// Least time between two writes to one client, microseconds; 0 writes at once [default: 1000]
+    #[arg(long, env = "WSRELAY_CLIENT_WRITE_INTERVAL_US")]
+    pub client_write_interval_us: Option<u64>,
     /// Server ping interval in milliseconds [default: 20000]
     #[arg(long, env = "WSRELAY_PING_INTERVAL_MS")]
     pub ping_interval_ms: Option<u64>,
@@ -748,6 +788,21 @@ pub struct Settings {
     /// Peer to dial, [native+|awx-2020+|awx-2022+]ws[s]://host[:port]; repeat (or comma-separate)
     #[arg(long = "peer", env = "WSRELAY_PEERS", value_delimiter = ',')]
     pub peers: Option<Vec<String>>,
+    /// NATS server of the broker backplane, nats://host:4222; repeat (or comma-separate) for a cluster's servers
+    #[arg(long = "broker", env = "WSRELAY_BROKERS", value_delimiter = ',')]
+    pub broker: Option<Vec<String>>,
+    /// Broker subject prefix: events travel on <prefix>.g.<group> [default: wsrelay]
+    #[arg(long, env = "WSRELAY_BROKER_SUBJECT_PREFIX")]
+    pub broker_subject_prefix: Option<String>,
+    /// Seconds the broker's JetStream stream keeps events for resumes; 0: no JetStream [default: 120]
+    #[arg(long, env = "WSRELAY_BROKER_REPLAY_WINDOW_S")]
+    pub broker_replay_window_s: Option<u64>,
+    /// The broker's JetStream stream name [default: WSRELAY]
+    #[arg(long, env = "WSRELAY_BROKER_STREAM")]
+    pub broker_stream: Option<String>,
+    /// The JetStream stream's bound in bytes [default: 1073741824]
+    #[arg(long, env = "WSRELAY_BROKER_STREAM_MAX_BYTES")]
+    pub broker_stream_max_bytes: Option<u64>,
     /// Backplane shared secret (AWX's BROADCAST_WEBSOCKET_SECRET); required with --peer
     #[arg(long, env = "WSRELAY_BACKPLANE_SECRET", hide_env_values = true)]
     pub backplane_secret: Option<String>,
@@ -920,6 +975,7 @@ impl Settings {
             max_emit_events,
             max_head_bytes,
             worker_inbox,
+            client_write_interval_us,
             ping_interval_ms,
             request_timeout_ms,
             close_timeout_ms,
@@ -936,6 +992,11 @@ impl Settings {
             stream_maxlen,
             backlog_hold_ms,
             peers,
+            broker,
+            broker_subject_prefix,
+            broker_replay_window_s,
+            broker_stream,
+            broker_stream_max_bytes,
             backplane_secret,
             peer_tls_verify,
             peer_ca_file,
@@ -996,6 +1057,9 @@ impl Settings {
             max_emit_events: self.max_emit_events.unwrap_or(d.max_emit_events),
             max_head_bytes: self.max_head_bytes.unwrap_or(d.max_head_bytes),
             worker_inbox: self.worker_inbox.unwrap_or(d.worker_inbox),
+            client_write_interval: self
+                .client_write_interval_us
+                .map_or(d.client_write_interval, Duration::from_micros),
             ping_interval: ms(self.ping_interval_ms, d.ping_interval),
             request_timeout: ms(self.request_timeout_ms, d.request_timeout),
             close_timeout: ms(self.close_timeout_ms, d.close_timeout),
@@ -1012,6 +1076,17 @@ impl Settings {
             stream_maxlen: self.stream_maxlen.unwrap_or(d.stream_maxlen),
             backlog_hold: ms(self.backlog_hold_ms, d.backlog_hold),
             peers: self.peers.unwrap_or(d.peers),
+            broker: self.broker.unwrap_or(d.broker),
+            broker_subject_prefix: self
+                .broker_subject_prefix
+                .unwrap_or(d.broker_subject_prefix),
+            broker_replay_window: self
+                .broker_replay_window_s
+                .map_or(d.broker_replay_window, Duration::from_secs),
+            broker_stream: self.broker_stream.unwrap_or(d.broker_stream),
+            broker_stream_max_bytes: self
+                .broker_stream_max_bytes
+                .unwrap_or(d.broker_stream_max_bytes),
             backplane_secret: self.backplane_secret,
             peer_tls_verify: self.peer_tls_verify.unwrap_or(d.peer_tls_verify),
             peer_ca_file: self.peer_ca_file,

@@ -104,6 +104,12 @@ pub struct Metrics {
     emit_requests: [Counter; 4],
     /// Groups held, per worker.
     pub groups: Vec<Gauge>,
+    /// Vectored socket writes to clients, per worker: frames per write is
+    /// how much the writers batch.
+    pub socket_writes: Vec<Counter>,
+    /// Rounds of the worker's delivery loop (inbox drains), per worker:
+    /// deliveries per round is how much a wake-up carries.
+    pub delivery_rounds: Vec<Counter>,
     /// Events accepted from the channels_redis layer.
     pub events_in_redis: Counter,
     /// 1 while the Redis membership loop last succeeded.
@@ -124,6 +130,122 @@ pub struct Metrics {
     pub auth: AuthMetrics,
     /// AWX's PostgreSQL heartbeat and discovery.
     pub heartbeat: HeartbeatMetrics,
+    /// The NATS broker backplane.
+    pub broker: BrokerMetrics,
+}
+
+/// The NATS broker backplane (`backplane::broker`).
+#[derive(Clone)]
+pub struct BrokerMetrics {
+    /// 1 while the connection to the broker works.
+    pub up: Gauge,
+    /// 1 when the broker keeps a replay stream (JetStream) for this node.
+    pub jetstream: Gauge,
+    pub events_published: Counter,
+    pub messages_published: Counter,
+    pub bytes_published: Counter,
+    pub events_received: Counter,
+    pub bytes_received: Counter,
+    /// Events seen before (a resend, or a replay's overlap): not delivered.
+    pub duplicates: Counter,
+    /// Events owed to the broker and not yet acknowledged by it.
+    pub lag: Gauge,
+    /// Owed events dropped from a full buffer, or refused as too big.
+    pub lost: Counter,
+    pub reconnects: Counter,
+    /// Resumes after a lost connection: replayed from the stream.
+    pub resumes: Counter,
+    pub replayed: Counter,
+    skipped: Family<Labels, Counter>,
+}
+
+impl BrokerMetrics {
+    const SKIPS: [&'static str; 6] = [
+        "bad_signature",
+        "malformed",
+        "bad_node",
+        "subject_mismatch",
+        "own",
+        "long_group",
+    ];
+
+    fn register(registry: &mut Registry) -> Self {
+        let c = |registry: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let g = |registry: &mut Registry, name: &str, help: &str| {
+            let g = Gauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let skipped = Family::<Labels, Counter>::default();
+        registry.register(
+            "broker_skipped",
+            "Broker messages skipped, by reason (bad_signature, malformed, bad_node, subject_mismatch, own, long_group)",
+            skipped.clone(),
+        );
+        for r in Self::SKIPS {
+            let _ = skipped.get_or_create(&vec![("reason", r.to_owned())]);
+        }
+        Self {
+            up: g(registry, "broker_up", "1 while the connection to the NATS broker works"),
+            jetstream: g(
+                registry,
+                "broker_jetstream",
+                "1 when the broker keeps the replay stream (JetStream) that resumes use",
+            ),
+            events_published: c(registry, "broker_events_published", "Events published to the broker"),
+            messages_published: c(
+                registry,
+                "broker_messages_published",
+                "Broker messages published (each a run of one group's events)",
+            ),
+            bytes_published: c(registry, "broker_bytes_published", "Bytes published to the broker"),
+            events_received: c(
+                registry,
+                "broker_events_received",
+                "Events received from the broker and delivered here",
+            ),
+            bytes_received: c(registry, "broker_bytes_received", "Bytes received from the broker"),
+            duplicates: c(
+                registry,
+                "broker_duplicates",
+                "Events received again (a resend or a replay's overlap) and not delivered",
+            ),
+            lag: g(
+                registry,
+                "broker_lag_events",
+                "Events this node owes the broker: published but not acknowledged, or not yet published",
+            ),
+            lost: c(
+                registry,
+                "broker_events_lost",
+                "Events never published: dropped from the full outbox while the broker was away, or too big for it",
+            ),
+            reconnects: c(registry, "broker_reconnects", "Connections to the broker lost and made again"),
+            resumes: c(
+                registry,
+                "broker_resumes",
+                "Resumes after a lost connection, replayed from the broker's stream",
+            ),
+            replayed: c(
+                registry,
+                "broker_replayed_events",
+                "Events a resume delivered that the live subscription had missed",
+            ),
+            skipped,
+        }
+    }
+
+    /// A skipped message; `reason` is one of `SKIPS`.
+    pub fn skipped(&self, reason: &'static str) {
+        debug_assert!(Self::SKIPS.contains(&reason));
+        self.skipped
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
+    }
 }
 
 /// AWX's web-node heartbeat (`backplane::heartbeat`).
@@ -575,6 +697,23 @@ impl Metrics {
             "groups",
             "Distinct groups held by a worker's clients",
         );
+        let per_worker_counter = |registry: &mut Registry, name: &str, help: &str| {
+            let fam = Family::<Labels, Counter>::default();
+            registry.register(name, help, fam.clone());
+            (0..workers)
+                .map(|w| fam.get_or_create(&vec![("worker", w.to_string())]).clone())
+                .collect::<Vec<_>>()
+        };
+        let socket_writes = per_worker_counter(
+            &mut registry,
+            "socket_writes",
+            "Vectored writes to client sockets (frames per write shows the batching)",
+        );
+        let delivery_rounds = per_worker_counter(
+            &mut registry,
+            "delivery_rounds",
+            "Rounds of a worker's delivery loop (one per inbox drain)",
+        );
 
         let info = Family::<Labels, Gauge>::default();
         registry.register("info", "Node facts: the io driver", info.clone());
@@ -687,10 +826,12 @@ impl Metrics {
         peers.register(&mut registry);
         let auth = AuthMetrics::register(&mut registry);
         let heartbeat = HeartbeatMetrics::register(&mut registry);
+        let broker = BrokerMetrics::register(&mut registry);
         Self {
             registry,
             auth,
             heartbeat,
+            broker,
             peers,
             connections,
             accepted,
@@ -705,6 +846,8 @@ impl Metrics {
             dropped,
             emit_requests: emit_requests.try_into().expect("four classes"),
             groups,
+            socket_writes,
+            delivery_rounds,
             events_in_redis: events_in[2].clone(),
             redis_up,
             redis_errors,

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::auth::api::AwxApi;
 use crate::auth::Authenticator;
+use crate::backplane::broker::{Broker, BrokerSettings};
 use crate::backplane::link::{LinkSettings, Links};
 use crate::backplane::{Backplane, PeerSpec};
 use crate::config::{Config, ConfigError, GOOD_SECRET};
@@ -55,6 +56,8 @@ pub struct Node {
     /// The links this node dials; always running, so peers can be added
     /// at run time.
     links: Option<Links>,
+    /// The NATS broker backplane, when `--broker` is set.
+    broker: Option<Broker>,
     backplane: Arc<Backplane>,
 }
 
@@ -189,6 +192,18 @@ impl Node {
             heartbeat,
         )
         .map_err(StartError::Backplane)?;
+        let broker = match BrokerSettings::from_config(&ctx.config)? {
+            Some(settings) => Some(
+                Broker::spawn(
+                    backplane.clone(),
+                    ctx.router.clone(),
+                    ctx.routes.clone(),
+                    settings,
+                )
+                .map_err(StartError::Backplane)?,
+            ),
+            None => None,
+        };
         tracing::info!(%addr, workers, io = io.name(), node = ctx.config.node_id, "wsrelay listening");
         Ok(Node {
             addr,
@@ -199,6 +214,7 @@ impl Node {
             shutdown,
             threads,
             links: Some(links),
+            broker,
             backplane,
         })
     }
@@ -242,6 +258,9 @@ impl Node {
         // flush their clients.
         if let Some(mut links) = self.links.take() {
             links.stop();
+        }
+        if let Some(mut broker) = self.broker.take() {
+            broker.stop();
         }
         let _ = self.stop_ingest.send(true);
         if let Some(t) = self.ingest.take() {

@@ -229,3 +229,37 @@ async fn drop_oldest_tells_the_client_what_it_lost() {
     emit_one(n.addr, "job_events-9", r#"{"n": 4000}"#).await;
     assert_eq!(next_text(&mut slow).await, r#"{"n": 4000}"#);
 }
+
+/// The sum of a metric's series across its labels.
+async fn metric_sum(addr: std::net::SocketAddr, name: &str) -> u64 {
+    let (_, body) = http(addr, b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    body.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn writes_soon_after_a_write_wait_for_the_interval_and_carry_everything_in_order() {
+    // An interval longer than any two emits here take: the first event
+    // waits out the interval begun by the subscribe reply and goes out
+    // alone; the other nine arrive while the writer is paced again and go
+    // out together, still in order. Nothing is timed, only counted.
+    let n = start(|c| {
+        c.workers = 1;
+        c.client_write_interval = Duration::from_secs(2);
+    });
+    let mut ws = connect(n.addr, &token(1)).await;
+    subscribe(&mut ws, json!({"job_events": [5]})).await;
+    let before = metric_sum(n.addr, "wsrelay_socket_writes_total").await;
+    emit_one(n.addr, "job_events-5", r#"{"n":0}"#).await;
+    assert_eq!(next_text(&mut ws).await, r#"{"n":0}"#);
+    for i in 1..10 {
+        emit_one(n.addr, "job_events-5", &format!(r#"{{"n":{i}}}"#)).await;
+    }
+    for i in 1..10 {
+        assert_eq!(next_text(&mut ws).await, format!(r#"{{"n":{i}}}"#));
+    }
+    let writes = metric_sum(n.addr, "wsrelay_socket_writes_total").await - before;
+    assert_eq!(writes, 2, "one write for the first event, one for the rest");
+}

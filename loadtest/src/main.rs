@@ -9,6 +9,8 @@
 //! warm), `soak` (a long storm: drift) and `cluster` (the storm over
 //! several nodes linked by the backplane).
 
+#![recursion_limit = "256"]
+
 mod chart;
 mod cluster;
 mod connections;

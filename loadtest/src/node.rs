@@ -169,6 +169,17 @@ pub async fn metrics(addr: std::net::SocketAddr) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// The sum of every series of `prefix` in a node's metrics.
+pub async fn metric_sum(addr: std::net::SocketAddr, prefix: &str) -> Option<u64> {
+    let text = metrics(addr).await.ok()?;
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum(),
+    )
+}
+
 /// Events and bytes a node has sent over all its links so far.
 pub async fn backplane_sent(addr: std::net::SocketAddr) -> Option<(u64, u64)> {
     let text = metrics(addr).await.ok()?;
@@ -191,6 +202,36 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
+}
+
+/// CPU seconds a process's threads have used, by kind: the node's workers
+/// (`wsrelay-worker-*`), io_uring's kernel workers (`iou-wrk-*`,
+/// `iou-sqp-*`, counted in the process), and everything else.
+pub fn cpu_by_thread_kind(pid: u32) -> Option<[f64; 3]> {
+    let mut out = [0.0; 3];
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(entry) = entry else { continue };
+        let path = entry.path();
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        let Some((head, after)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let name = head.split_once('(').map_or("", |(_, n)| n);
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let kind = if name.starts_with("wsrelay-worker") {
+            0
+        } else if name.starts_with("iou-") {
+            1
+        } else {
+            2
+        };
+        out[kind] += ticks / 100.0;
+    }
+    Some(out)
 }
 
 /// Resident memory in bytes, from /proc.

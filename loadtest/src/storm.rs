@@ -7,10 +7,17 @@
 //!
 //! `fanout` is the storm with one job and no watchers. `--find-max` raises
 //! the rate step by step until loss appears or p99 passes a bound.
+//!
+//! The generator must never be what is measured: clients run on
+//! `--client-threads` threads (by default every core the node does not
+//! get), the producer on its own, and every report gives the generator's
+//! CPU per thread and says which side saturated first. `--find-max` does
+//! not call a ceiling that the generator set, and `--workers 1,2,4,8`
+//! sweeps the node's workers and prints a scaling table.
 
-use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
-use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -71,9 +78,17 @@ pub struct RunOptions {
     /// include the harness's)
     #[arg(long, default_value = "http", value_parser = ["http", "channels-redis", "stream", "inproc"])]
     pub producer: String,
-    /// Worker threads of the node
-    #[arg(long, default_value_t = 1)]
-    pub workers: usize,
+    /// Worker threads of the node; a list (1,2,4,8) runs each in turn and
+    /// prints a scaling table
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub workers: Vec<usize>,
+    /// Threads of the load generator's clients; 0: every core not given to
+    /// the node's workers (at least 1)
+    #[arg(long, default_value_t = 0)]
+    pub client_threads: usize,
+    /// Extra flags for every node started, e.g. --node-arg=--client-write-interval-us=0
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    pub node_args: Vec<String>,
     /// Raise the rate x1.5 per step until loss appears or p99 passes --p99-bound-ms
     #[arg(long)]
     pub find_max: bool,
@@ -117,6 +132,23 @@ pub struct Shape {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub io: String,
+    pub workers: usize,
+    pub client_threads: usize,
+    /// The generator's CPU over the measured window: all its threads
+    /// together, the busiest client thread, and the producer thread (each
+    /// as a percentage of one core).
+    pub generator_cpu_percent: f64,
+    pub busiest_client_thread_percent: f64,
+    pub producer_cpu_percent: f64,
+    /// Which side ran out first: "node", "generator" (a thread of it near a
+    /// whole core, or the producer behind its schedule), both, "host" (the
+    /// two together filled every core), or neither.
+    pub saturated: String,
+    /// The node's CPU by thread kind: its workers, io_uring's kernel
+    /// workers, the rest.
+    pub node_threads: serde_json::Value,
+    /// How much each socket write and each delivery round carried.
+    pub batching: serde_json::Value,
     pub rate: u64,
     /// Job events per second the producer actually emitted: below the
     /// target, the load generator (not the node) set the pace.
@@ -188,6 +220,16 @@ impl Report {
             && self.achieved_rate >= 0.95 * self.rate as f64
     }
 
+    /// Whether the generator, not the node, may have set this run's limit.
+    pub fn generator_saturated(&self) -> bool {
+        self.saturated.contains("generator")
+    }
+
+    /// CPU seconds the node spent per million deliveries.
+    pub fn cpu_per_million(&self) -> f64 {
+        self.server_cpu_percent / 100.0 / (self.deliveries_per_sec / 1e6).max(1e-9)
+    }
+
     fn json(&self, scenario: &str, shape: Shape, opts: &RunOptions) -> serde_json::Value {
         serde_json::json!({
             "scenario": scenario,
@@ -201,7 +243,15 @@ impl Report {
             "rate": self.rate,
             "achieved_rate": self.achieved_rate,
             "duration": opts.duration,
-            "workers": opts.workers,
+            "workers": self.workers,
+            "client_threads": self.client_threads,
+            "generator_cpu_percent": self.generator_cpu_percent,
+            "busiest_client_thread_percent": self.busiest_client_thread_percent,
+            "producer_cpu_percent": self.producer_cpu_percent,
+            "saturated": self.saturated,
+            "node_threads": self.node_threads,
+            "batching": self.batching,
+            "node_cpu_seconds_per_million_deliveries": self.cpu_per_million(),
             "deliveries_per_sec": self.deliveries_per_sec,
             "events_per_sec": self.events_per_sec,
             "latency_us": {"p50": self.p50_us, "p90": self.p90_us, "p99": self.p99_us, "p999": self.p999_us, "max": self.max_us},
@@ -283,44 +333,81 @@ pub fn run_scenario(
     let mut reports = Vec::new();
     let mut max_clean: Vec<serde_json::Value> = Vec::new();
     for io in drivers {
-        let mut rate = opts.rate.unwrap_or(default_rate);
-        let mut best: Option<u64> = None;
-        for step in 0..if opts.find_max { opts.max_steps } else { 1 } {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let local = tokio::task::LocalSet::new();
-            let report = match local.block_on(&rt, once(shape, opts, io, rate)) {
-                Ok(r) => r,
-                // With --find-max a failed step (the generator or the node
-                // gave out) ends the search; the report keeps what was found.
-                Err(e) if opts.find_max => {
-                    eprintln!("{scenario} {io} step {step}: {rate} ev/s failed: {e:#}");
-                    break;
-                }
-                Err(e) => return Err(e),
-            };
-            eprintln!(
-                "{scenario} {io} step {step}: {rate} ev/s (achieved {:.0}) -> {:.0} deliveries/s, p99 {:.2} ms, lost {}, dups {}",
+        for &workers in &opts.workers {
+            let mut rate = opts.rate.unwrap_or(default_rate);
+            let mut best: Option<u64> = None;
+            let mut stopped_by = "max steps";
+            for step in 0..if opts.find_max { opts.max_steps } else { 1 } {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let report = match rt.block_on(once(shape, opts, io, rate, workers)) {
+                    Ok(r) => r,
+                    // With --find-max a failed step (the generator or the node
+                    // gave out) ends the search; the report keeps what was found.
+                    Err(e) if opts.find_max => {
+                        eprintln!(
+                            "{scenario} {io} w{workers} step {step}: {rate} ev/s failed: {e:#}"
+                        );
+                        stopped_by = "a failed step";
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                };
+                eprintln!(
+                "{scenario} {io} w{workers} step {step}: {rate} ev/s (achieved {:.0}) -> {:.0} deliveries/s, p99 {:.2} ms, lost {}, dups {}, saturated: {}",
                 report.achieved_rate,
                 report.deliveries_per_sec,
                 report.p99_us as f64 / 1000.0,
                 report.lost,
-                report.duplicates
+                report.duplicates,
+                report.saturated,
             );
-            let clean = report.clean(opts.p99_bound_ms);
-            reports.push(report);
-            if !opts.find_max {
-                break;
+                let clean = report.clean(opts.p99_bound_ms);
+                let generator = report.generator_saturated();
+                reports.push(report);
+                if !opts.find_max {
+                    break;
+                }
+                if !clean {
+                    stopped_by = if generator {
+                        "the generator"
+                    } else {
+                        "the node"
+                    };
+                    break;
+                }
+                if generator {
+                    // Clean, but the generator is at its limit: a higher step
+                    // would measure the generator, not the node.
+                    stopped_by = "the generator";
+                    break;
+                }
+                best = Some(rate);
+                rate = rate * 3 / 2;
             }
-            if !clean {
-                break;
+            if opts.find_max {
+                // A rate the generator stopped at says nothing about the node:
+                // no `max_clean_rate` then. Otherwise it is the highest clean
+                // step, and `node_ceiling` says whether the node itself failed
+                // the next one (else the search ended before finding out).
+                let by_generator = stopped_by == "the generator";
+                let max_clean_rate = if by_generator { None } else { best };
+                if by_generator {
+                    eprintln!(
+                    "{scenario} {io} w{workers}: no node ceiling found; the generator saturated first (clean up to {best:?} ev/s)"
+                );
+                }
+                max_clean.push(serde_json::json!({
+                    "io": io,
+                    "workers": workers,
+                    "max_clean_rate": max_clean_rate,
+                    "node_ceiling": stopped_by == "the node",
+                    "clean_up_to": best,
+                    "stopped_by": stopped_by,
+                    "p99_bound_ms": opts.p99_bound_ms,
+                }));
             }
-            best = Some(rate);
-            rate = rate * 3 / 2;
-        }
-        if opts.find_max {
-            max_clean.push(serde_json::json!({"io": io, "max_clean_rate": best, "p99_bound_ms": opts.p99_bound_ms}));
         }
     }
     print_table(scenario, shape, opts, &reports);
@@ -349,38 +436,42 @@ pub fn run_scenario(
 
 fn print_table(scenario: &str, shape: Shape, opts: &RunOptions, reports: &[Report]) {
     println!(
-        "\n{scenario}: {} jobs x {} viewers + {} status watchers, {} B events, {} s measured, {} worker(s)",
-        shape.jobs, shape.viewers, shape.watchers, opts.size, opts.duration, opts.workers
+        "\n{scenario}: {} jobs x {} viewers + {} status watchers, {} B events, {} s measured",
+        shape.jobs, shape.viewers, shape.watchers, opts.size, opts.duration
     );
     println!(
-        "{:<6} {:>9} {:>13} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>12} {:>14}",
+        "{:<6} {:>3} {:>9} {:>13} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>9} {:>10} {:>12} {:>14}",
         "io",
+        "wkr",
         "ev/s in",
         "deliveries/s",
         "p50 ms",
         "p99 ms",
-        "p999 ms",
         "max ms",
         "lost",
         "dups",
         "srv cpu%",
+        "gen cpu%",
+        "saturated",
         "syscalls/dlv",
         "uring subm/dlv"
     );
     for r in reports {
         let opt = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.4}"));
         println!(
-            "{:<6} {:>9} {:>13.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>6} {:>8.0} {:>12} {:>14}",
+            "{:<6} {:>3} {:>9} {:>13.0} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>6} {:>8.0} {:>9.0} {:>10} {:>12} {:>14}",
             r.io,
+            r.workers,
             r.rate,
             r.deliveries_per_sec,
             r.p50_us as f64 / 1000.0,
             r.p99_us as f64 / 1000.0,
-            r.p999_us as f64 / 1000.0,
             r.max_us as f64 / 1000.0,
             r.lost,
             r.duplicates,
             r.server_cpu_percent,
+            r.generator_cpu_percent,
+            r.saturated,
             opt(r.syscalls_per_delivery),
             opt(r.uring_submissions_per_delivery),
         );
@@ -391,21 +482,82 @@ fn print_table(scenario: &str, shape: Shape, opts: &RunOptions, reports: &[Repor
             );
         }
     }
+    if opts.workers.len() > 1 {
+        println!(
+            "\nscaling ({} client threads unless noted):",
+            reports.first().map_or(0, |r| r.client_threads)
+        );
+        println!(
+            "{:<6} {:>7} {:>13} {:>10} {:>9} {:>16} {:>8} {:>8} {:>11} {:>10} {:>9} {:>11}",
+            "io",
+            "workers",
+            "deliveries/s",
+            "node cpu%",
+            "iou cpu%",
+            "cpu-s/M deliv",
+            "p50 ms",
+            "p99 ms",
+            "gen busiest",
+            "saturated",
+            "frm/write",
+            "dlv/round"
+        );
+        for r in reports {
+            let iou = r.node_threads["io_uring_kernel_workers_cpu_percent"]
+                .as_f64()
+                .unwrap_or(0.0);
+            println!(
+                "{:<6} {:>7} {:>13.0} {:>10.0} {:>9.0} {:>16.3} {:>8.2} {:>8.2} {:>10.0}% {:>10} {:>9.1} {:>11.0}",
+                r.io,
+                r.workers,
+                r.deliveries_per_sec,
+                r.server_cpu_percent,
+                iou,
+                r.cpu_per_million(),
+                r.p50_us as f64 / 1000.0,
+                r.p99_us as f64 / 1000.0,
+                r.busiest_client_thread_percent,
+                r.saturated,
+                r.batching["frames_per_write"].as_f64().unwrap_or(0.0),
+                r.batching["deliveries_per_round"].as_f64().unwrap_or(0.0),
+            );
+        }
+    }
 }
 
+/// One client thread's counts, written by its subscribers only.
 struct Tally {
-    received: Cell<u64>,
-    duplicates: Cell<u64>,
-    gaps: Cell<u64>,
-    latency: RefCell<Histogram<u64>>,
+    received: AtomicU64,
+    duplicates: AtomicU64,
+    gaps: AtomicU64,
+    latency: Mutex<Histogram<u64>>,
     /// The current one-second window, for the timeline.
-    window: RefCell<Histogram<u64>>,
-    measuring: Cell<bool>,
+    window: Mutex<Histogram<u64>>,
+    measuring: AtomicBool,
+}
+
+impl Tally {
+    fn new() -> anyhow::Result<Tally> {
+        Ok(Tally {
+            received: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            latency: Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3)?),
+            window: Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3)?),
+            measuring: AtomicBool::new(false),
+        })
+    }
 }
 
 const STATUS_GROUP: &str = "jobs-status_changed";
 
-async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::Result<Report> {
+async fn once(
+    shape: Shape,
+    opts: &RunOptions,
+    io: &str,
+    rate: u64,
+    workers: usize,
+) -> anyhow::Result<Report> {
     let via_redis = matches!(opts.producer.as_str(), "channels-redis" | "stream")
         || opts.target == "awx-reference";
     if opts.producer == "inproc" && opts.target != "wsrelay" {
@@ -418,15 +570,17 @@ async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::R
     };
     let mut inproc = None;
     let mut others: Vec<node::NodeProcess> = Vec::new();
+    let extra: Vec<&str> = opts.node_args.iter().map(String::as_str).collect();
     let node = match (&redis, opts.target.as_str()) {
         (Some(r), "awx-reference") => node::start_awx_reference(&r.url()).await?,
         (Some(r), _) => {
             let url = r.url();
-            let args = ["--redis", url.as_str(), "--backlog-hold-ms", "0"];
-            node::start(io, opts.workers, &args).await?
+            let mut args = vec!["--redis", url.as_str(), "--backlog-hold-ms", "0"];
+            args.extend(extra.iter().copied());
+            node::start(io, workers, &args).await?
         }
         (None, _) if opts.producer == "inproc" => {
-            let (n, process) = node::start_inproc(io, opts.workers)?;
+            let (n, process) = node::start_inproc(io, workers)?;
             inproc = Some(n);
             process
         }
@@ -436,11 +590,11 @@ async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::R
                 bail!("the cluster scenario emits over HTTP to wsrelay nodes");
             }
             let (first, rest) =
-                node::start_cluster(io, opts.workers, cl.nodes, &cl.protocol, &[]).await?;
+                node::start_cluster(io, workers, cl.nodes, &cl.protocol, &extra).await?;
             others = rest;
             first
         }
-        (None, _) => node::start(io, opts.workers, &[]).await?,
+        (None, _) => node::start(io, workers, &extra).await?,
     };
     let addr = node.addr;
     // Clients go to the nodes that do not emit, when there are any.
@@ -454,47 +608,28 @@ async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::R
         .collect();
     let cpu_all = || -> Option<f64> { pids.iter().map(|&p| node::cpu_seconds(p)).sum() };
     let rss_all = || -> Option<u64> { pids.iter().map(|&p| node::rss_bytes(p)).sum() };
-    let tally = Rc::new(Tally {
-        received: Cell::new(0),
-        duplicates: Cell::new(0),
-        gaps: Cell::new(0),
-        latency: RefCell::new(Histogram::new_with_bounds(1, 120_000_000, 3)?),
-        window: RefCell::new(Histogram::new_with_bounds(1, 120_000_000, 3)?),
-        measuring: Cell::new(false),
-    });
+    let threads = client_threads(opts, workers);
     let exp = stamp::now_ns() / 1_000_000_000 + 86_400;
-    let mut ready = Vec::new();
     let clients = shape.jobs * shape.viewers + shape.watchers;
-    // Connections are set up 64 at a time: daphne's accept backlog refuses
-    // a burst of hundreds, and setup is not what is measured.
-    let setup = Rc::new(tokio::sync::Semaphore::new(64));
-    for i in 0..clients {
-        let token = wsrelay::auth::mint_hs256(
-            node::SECRET.as_bytes(),
-            &serde_json::json!({"sub": (i + 1).to_string(), "exp": exp}),
-        );
-        let groups = if i < shape.jobs * shape.viewers {
-            format!(
-                r#"{{"groups": {{"job_events": [{}]}}}}"#,
-                i / shape.viewers + 1
-            )
-        } else {
-            r#"{"groups": {"jobs": ["status_changed"]}}"#.to_owned()
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        ready.push(rx);
-        tokio::task::spawn_local(subscriber(
-            client_addrs[i % client_addrs.len()],
-            token,
-            groups,
-            tally.clone(),
-            setup.clone(),
-            tx,
-        ));
-    }
-    for rx in ready {
-        rx.await.context("subscriber task")??;
-    }
+    let specs: Vec<(SocketAddr, String, String)> = (0..clients)
+        .map(|i| {
+            let token = wsrelay::auth::mint_hs256(
+                node::SECRET.as_bytes(),
+                &serde_json::json!({"sub": (i + 1).to_string(), "exp": exp}),
+            );
+            let groups = if i < shape.jobs * shape.viewers {
+                format!(
+                    r#"{{"groups": {{"job_events": [{}]}}}}"#,
+                    i / shape.viewers + 1
+                )
+            } else {
+                r#"{"groups": {"jobs": ["status_changed"]}}"#.to_owned()
+            };
+            (client_addrs[i % client_addrs.len()], token, groups)
+        })
+        .collect();
+    let mut pool = ClientPool::start(threads, specs)?;
+    pool.ready().await?;
     if opts
         .cluster
         .as_ref()
@@ -515,10 +650,27 @@ async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::R
         (None, Some(n)) => Sink::InProc(n.emitter()),
         (None, None) => Sink::Http(addr),
     };
-    let producer = std::thread::spawn(move || produce(sink, shape, total, rate, size));
+    // The producer reports its own CPU over its whole run (its thread is
+    // gone by the time the run's figures are taken).
+    let producer = std::thread::spawn(move || {
+        let tid = thread_id();
+        let before = tid.and_then(thread_cpu);
+        let r = produce(sink, shape, total, rate, size);
+        let after = tid.and_then(thread_cpu);
+        r.map(|(j, s, secs)| {
+            (
+                j,
+                s,
+                secs,
+                before
+                    .zip(after)
+                    .map(|(a, b)| (b - a) / secs.max(1e-9) * 100.0),
+            )
+        })
+    });
 
     tokio::time::sleep(Duration::from_secs(opts.warmup)).await;
-    tally.measuring.set(true);
+    pool.measuring(true);
     let perf = if others.is_empty() {
         node::perf_counters(node.pid, opts.duration)
     } else {
@@ -529,15 +681,42 @@ async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::R
     } else {
         node::backplane_sent(addr).await
     };
-    let (t0, r0, cpu0) = (Instant::now(), tally.received.get(), cpu_all());
+    let gen_threads = pool.thread_ids();
+    let gen0 = (
+        own_cpu(),
+        gen_threads
+            .iter()
+            .map(|t| thread_cpu(*t))
+            .collect::<Vec<_>>(),
+    );
+    let kinds = || node::cpu_by_thread_kind(node.pid);
+    let kinds0 = kinds();
+    // Writes and delivery rounds on the nodes the clients are on.
+    let batching = || async {
+        let (mut w, mut r, mut d) = (0u64, 0u64, 0u64);
+        for a in &client_addrs {
+            w += node::metric_sum(*a, "wsrelay_socket_writes_total")
+                .await
+                .unwrap_or(0);
+            r += node::metric_sum(*a, "wsrelay_delivery_rounds_total")
+                .await
+                .unwrap_or(0);
+            d += node::metric_sum(*a, "wsrelay_deliveries_total")
+                .await
+                .unwrap_or(0);
+        }
+        (w, r, d)
+    };
+    let batch0 = batching().await;
+    let (t0, r0, cpu0) = (Instant::now(), pool.received(), cpu_all());
     let mut timeline = Vec::with_capacity(opts.duration as usize);
-    tally.window.borrow_mut().reset();
+    pool.take_window();
     let mut last = (t0, r0);
     for second in 1..=opts.duration {
         tokio::time::sleep_until((t0 + Duration::from_secs(second)).into()).await;
         let now = Instant::now();
-        let received = tally.received.get();
-        let mut window = tally.window.borrow_mut();
+        let received = pool.received();
+        let window = pool.take_window();
         timeline.push(Sample {
             t: second,
             deliveries_per_sec: (received - last.1) as f64 / (now - last.0).as_secs_f64(),
@@ -552,27 +731,40 @@ async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::R
                 s.deliveries_per_sec,
                 s.p50_us as f64 / 1000.0,
                 s.p99_us as f64 / 1000.0,
-                tally.gaps.get()
+                pool.gaps()
             );
         }
-        window.reset();
         last = (now, received);
     }
     eprintln!();
-    let (t1, r1, cpu1) = (Instant::now(), tally.received.get(), cpu_all());
+    let (t1, r1, cpu1) = (Instant::now(), pool.received(), cpu_all());
+    let kinds1 = kinds();
+    let batch1 = batching().await;
+    let node_deliveries = batch1.2.saturating_sub(batch0.2) as f64;
+    let batching = serde_json::json!({
+        "frames_per_write": node_deliveries / (batch1.0.saturating_sub(batch0.0).max(1)) as f64,
+        "deliveries_per_round": node_deliveries / (batch1.1.saturating_sub(batch0.1).max(1)) as f64,
+    });
+    let gen1 = (
+        own_cpu(),
+        gen_threads
+            .iter()
+            .map(|t| thread_cpu(*t))
+            .collect::<Vec<_>>(),
+    );
     let backplane1 = if backplane0.is_some() {
         node::backplane_sent(addr).await
     } else {
         None
     };
-    tally.measuring.set(false);
+    pool.measuring(false);
     let rss = rss_all().unwrap_or(0);
-    let (job_events, status_events, produce_secs) = producer
+    let (job_events, status_events, produce_secs, producer_cpu) = producer
         .join()
         .map_err(|_| anyhow::anyhow!("producer panicked"))??;
     let expected = job_events * shape.viewers as u64 + status_events * shape.watchers as u64;
     let settle = Instant::now();
-    while tally.received.get() < expected && settle.elapsed() < Duration::from_secs(10) {
+    while pool.received() < expected && settle.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let counters = perf.and_then(node::perf_result);
@@ -595,11 +787,68 @@ async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::R
     }
     let secs = (t1 - t0).as_secs_f64();
     let delivered = (r1 - r0) as f64;
-    let lat = tally.latency.borrow();
+    let lat = pool.latency();
+    let (received, duplicates, gaps) = (pool.received(), pool.duplicates(), pool.gaps());
+    pool.stop();
+    // The generator's CPU, per thread: a thread near a whole core, or a
+    // producer behind its schedule, means the generator may have set the
+    // pace; the node's workers near a whole core each means the node did.
+    let pct = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => (b - a) / secs * 100.0,
+        _ => 0.0,
+    };
+    let generator_cpu = pct(gen0.0, gen1.0);
+    let busiest = gen0
+        .1
+        .iter()
+        .zip(&gen1.1)
+        .map(|(a, b)| pct(*a, *b))
+        .fold(0.0, f64::max);
+    let producer_cpu = producer_cpu.unwrap_or(0.0);
+    let achieved_rate = job_events as f64 / produce_secs.max(1e-9);
+    let node_cpu = match (cpu0, cpu1) {
+        (Some(a), Some(b)) => (b - a) / secs * 100.0,
+        _ => f64::NAN,
+    };
+    let node_threads = match (kinds0, kinds1) {
+        (Some(a), Some(b)) => serde_json::json!({
+            "workers_cpu_percent": (b[0] - a[0]) / secs * 100.0,
+            "io_uring_kernel_workers_cpu_percent": (b[1] - a[1]) / secs * 100.0,
+            "other_threads_cpu_percent": (b[2] - a[2]) / secs * 100.0,
+        }),
+        _ => serde_json::Value::Null,
+    };
+    let nodes = 1 + others.len();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let mut sat = Vec::new();
+    if node_cpu >= 85.0 * (workers * nodes) as f64 {
+        sat.push("node");
+    }
+    if busiest >= 85.0 || producer_cpu >= 85.0 || achieved_rate < 0.95 * rate as f64 {
+        sat.push("generator");
+    }
+    // Node and generator together near every core: neither had room, and
+    // the figures are the machine's, not either side's.
+    if sat.is_empty() && node_cpu + generator_cpu >= 85.0 * cores {
+        sat.push("host");
+    }
+    let saturated = if sat.is_empty() {
+        "neither".to_owned()
+    } else {
+        sat.join("+")
+    };
     Ok(Report {
         io: io.to_owned(),
+        workers,
+        client_threads: threads,
+        generator_cpu_percent: generator_cpu,
+        busiest_client_thread_percent: busiest,
+        producer_cpu_percent: producer_cpu,
+        saturated,
+        node_threads,
+        batching,
         rate,
-        achieved_rate: job_events as f64 / produce_secs.max(1e-9),
+        achieved_rate,
         deliveries_per_sec: delivered / secs,
         events_per_sec: rate as f64,
         p50_us: lat.value_at_quantile(0.5),
@@ -608,13 +857,10 @@ async fn once(shape: Shape, opts: &RunOptions, io: &str, rate: u64) -> anyhow::R
         p999_us: lat.value_at_quantile(0.999),
         max_us: lat.max(),
         expected,
-        received: tally.received.get(),
-        lost: expected.saturating_sub(tally.received.get()) + tally.gaps.get(),
-        duplicates: tally.duplicates.get(),
-        server_cpu_percent: match (cpu0, cpu1) {
-            (Some(a), Some(b)) => (b - a) / secs * 100.0,
-            _ => f64::NAN,
-        },
+        received,
+        lost: expected.saturating_sub(received) + gaps,
+        duplicates,
+        server_cpu_percent: node_cpu,
         server_rss_bytes: rss,
         syscalls_per_delivery: counters.map(|(s, _)| s as f64 / delivered.max(1.0)),
         uring_submissions_per_delivery: counters.map(|(_, u)| u as f64 / delivered.max(1.0)),
@@ -633,8 +879,8 @@ async fn subscriber(
     addr: SocketAddr,
     token: String,
     groups: String,
-    tally: Rc<Tally>,
-    setup: Rc<tokio::sync::Semaphore>,
+    tally: Arc<Tally>,
+    setup: std::rc::Rc<tokio::sync::Semaphore>,
     ready: tokio::sync::oneshot::Sender<anyhow::Result<()>>,
 ) {
     let joined = {
@@ -658,20 +904,211 @@ async fn subscriber(
             continue;
         };
         if seq < next {
-            tally.duplicates.set(tally.duplicates.get() + 1);
+            tally.duplicates.fetch_add(1, Ordering::Relaxed);
             continue;
         }
         if seq > next {
-            tally.gaps.set(tally.gaps.get() + (seq - next));
+            tally.gaps.fetch_add(seq - next, Ordering::Relaxed);
         }
         next = seq + 1;
-        tally.received.set(tally.received.get() + 1);
-        if tally.measuring.get() {
+        tally.received.fetch_add(1, Ordering::Relaxed);
+        if tally.measuring.load(Ordering::Relaxed) {
             let us = stamp::now_ns().saturating_sub(ns) / 1000;
-            let _ = tally.latency.borrow_mut().record(us.max(1));
-            let _ = tally.window.borrow_mut().record(us.max(1));
+            let _ = tally.latency.lock().unwrap().record(us.max(1));
+            let _ = tally.window.lock().unwrap().record(us.max(1));
         }
     }
+}
+
+/// How many client threads a run gets: as asked, or every core the node's
+/// workers do not take (at least one).
+fn client_threads(opts: &RunOptions, workers: usize) -> usize {
+    if opts.client_threads > 0 {
+        return opts.client_threads;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores.saturating_sub(workers).max(1)
+}
+
+/// The subscribing clients, spread over threads, each thread with its own
+/// current-thread runtime and its own tally (counters and histograms that
+/// only it writes to, read by the main thread once a second).
+struct ClientPool {
+    tallies: Vec<Arc<Tally>>,
+    ready: Vec<tokio::sync::oneshot::Receiver<anyhow::Result<Option<u32>>>>,
+    tids: Mutex<Vec<u32>>,
+    stop: Arc<tokio::sync::Notify>,
+    stopped: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ClientPool {
+    fn start(
+        threads: usize,
+        specs: Vec<(SocketAddr, String, String)>,
+    ) -> anyhow::Result<ClientPool> {
+        let mut per: Vec<Vec<(SocketAddr, String, String)>> = vec![Vec::new(); threads];
+        for (i, s) in specs.into_iter().enumerate() {
+            per[i % threads].push(s);
+        }
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let stopped = Arc::new(AtomicBool::new(false));
+        let mut pool = ClientPool {
+            tallies: Vec::new(),
+            ready: Vec::new(),
+            tids: Mutex::new(Vec::new()),
+            stop: stop.clone(),
+            stopped: stopped.clone(),
+            threads: Vec::new(),
+        };
+        for (t, mine) in per.into_iter().enumerate() {
+            let tally = Arc::new(Tally::new()?);
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+            let (stop, stopped, tally2) = (stop.clone(), stopped.clone(), tally.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("loadtest-clients-{t}"))
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => return drop(ready_tx.send(Err(e.into()))),
+                    };
+                    let local = tokio::task::LocalSet::new();
+                    local.block_on(&rt, async move {
+                        // Connections are set up 64 at a time per thread:
+                        // daphne's accept backlog refuses a burst of
+                        // hundreds, and setup is not what is measured.
+                        let setup = std::rc::Rc::new(tokio::sync::Semaphore::new(64));
+                        let mut readies = Vec::new();
+                        for (addr, token, groups) in mine {
+                            let (tx, rx) = tokio::sync::oneshot::channel();
+                            readies.push(rx);
+                            tokio::task::spawn_local(subscriber(
+                                addr,
+                                token,
+                                groups,
+                                tally2.clone(),
+                                setup.clone(),
+                                tx,
+                            ));
+                        }
+                        for rx in readies {
+                            match rx.await {
+                                Ok(Ok(())) => {}
+                                Ok(Err(e)) => return drop(ready_tx.send(Err(e))),
+                                Err(_) => {
+                                    return drop(
+                                        ready_tx
+                                            .send(Err(anyhow::anyhow!("subscriber task ended"))),
+                                    )
+                                }
+                            }
+                        }
+                        let _ = ready_tx.send(Ok(thread_id()));
+                        while !stopped.load(Ordering::Relaxed) {
+                            stop.notified().await;
+                        }
+                    });
+                })?;
+            pool.tallies.push(tally);
+            pool.ready.push(ready_rx);
+            pool.threads.push(handle);
+        }
+        Ok(pool)
+    }
+
+    /// Waits until every client is subscribed.
+    async fn ready(&mut self) -> anyhow::Result<()> {
+        for rx in self.ready.drain(..) {
+            let tid = rx.await.context("client thread")??;
+            self.tids.lock().unwrap().extend(tid);
+        }
+        Ok(())
+    }
+
+    fn thread_ids(&self) -> Vec<u32> {
+        self.tids.lock().unwrap().clone()
+    }
+
+    fn measuring(&self, on: bool) {
+        for t in &self.tallies {
+            t.measuring.store(on, Ordering::Relaxed);
+        }
+    }
+
+    fn sum(&self, f: impl Fn(&Tally) -> &AtomicU64) -> u64 {
+        self.tallies
+            .iter()
+            .map(|t| f(t).load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn received(&self) -> u64 {
+        self.sum(|t| &t.received)
+    }
+
+    fn duplicates(&self) -> u64 {
+        self.sum(|t| &t.duplicates)
+    }
+
+    fn gaps(&self) -> u64 {
+        self.sum(|t| &t.gaps)
+    }
+
+    /// The latencies of the last window, merged, and a fresh window.
+    fn take_window(&self) -> Histogram<u64> {
+        let mut out = Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds");
+        for t in &self.tallies {
+            let mut w = t.window.lock().unwrap();
+            let _ = out.add(&*w);
+            w.reset();
+        }
+        out
+    }
+
+    fn latency(&self) -> Histogram<u64> {
+        let mut out = Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds");
+        for t in &self.tallies {
+            let _ = out.add(&*t.latency.lock().unwrap());
+        }
+        out
+    }
+
+    fn stop(&mut self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        self.stop.notify_waiters();
+        for h in self.threads.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for ClientPool {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// This thread's kernel id, from /proc (for its CPU time).
+fn thread_id() -> Option<u32> {
+    let link = std::fs::read_link("/proc/thread-self").ok()?;
+    link.file_name()?.to_str()?.parse().ok()
+}
+
+/// CPU seconds a thread of this process has used.
+fn thread_cpu(tid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// CPU seconds this whole process has used.
+fn own_cpu() -> Option<f64> {
+    node::cpu_seconds(std::process::id())
 }
 
 /// Where the producer writes.

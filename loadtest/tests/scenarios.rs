@@ -154,6 +154,8 @@ fn find_max_terminates_with_the_highest_clean_rate() {
     // At these rates nothing is lost: every step was clean, so the answer
     // is the last step's rate (100 -> 150 -> 225).
     assert_eq!(found["max_clean_rate"], 225, "{report}");
+    assert_eq!(found["stopped_by"], "max steps", "{report}");
+    assert_eq!(found["node_ceiling"], false, "{report}");
     assert_eq!(report["runs"].as_array().unwrap().len(), 3);
 }
 

@@ -10,8 +10,10 @@
 //! de-duplication), and who has acknowledged which interest epoch.
 
 pub mod awx;
+pub mod broker;
 pub mod handshake;
 pub mod heartbeat;
+pub mod interest;
 pub mod link;
 pub mod outbox;
 pub mod peer;

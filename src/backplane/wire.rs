@@ -19,6 +19,8 @@ mod tag {
     pub const HELLO: u8 = 0x01;
     pub const EVENTS: u8 = 0x02;
     pub const INTEREST_ACK: u8 = 0x03;
+    // On the broker (`backplane::broker`), not on a link.
+    pub const BROKER_EVENTS: u8 = 0x10;
     // Receiver to sender.
     pub const WELCOME: u8 = 0x81;
     pub const INTEREST: u8 = 0x82;
@@ -303,6 +305,154 @@ impl EventsWriter {
         let at = self.head + 9;
         self.buf[at..at + 4].copy_from_slice(&self.count.to_be_bytes());
         (self.buf, self.head)
+    }
+}
+
+/// One broker message (`backplane::broker`): a run of one sending node's
+/// events of one group, each with the sender's sequence number. The group
+/// is the message's subject too; the receiver checks that both agree.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BrokerBatch<'a> {
+    pub node: &'a str,
+    pub incarnation: u64,
+    pub group: &'a str,
+    pub events: BrokerEvents<'a>,
+}
+
+/// The `(seq, payload)` pairs of a broker message, read in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerEvents<'a> {
+    count: u32,
+    body: &'a [u8],
+}
+
+impl BrokerEvents<'_> {
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+impl<'a> IntoIterator for BrokerEvents<'a> {
+    type Item = (u64, &'a [u8]);
+    type IntoIter = BrokerEventIter<'a>;
+    fn into_iter(self) -> BrokerEventIter<'a> {
+        BrokerEventIter {
+            left: self.count,
+            r: Reader(self.body),
+        }
+    }
+}
+
+/// Iterates `(seq, payload)`; the body was checked whole by `decode_broker`.
+pub struct BrokerEventIter<'a> {
+    left: u32,
+    r: Reader<'a>,
+}
+
+impl<'a> Iterator for BrokerEventIter<'a> {
+    type Item = (u64, &'a [u8]);
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let seq = self.r.u64().ok()?;
+        let payload = self.r.payload().ok()?;
+        Some((seq, payload))
+    }
+}
+
+/// Decodes a broker message. Everything a client could see is checked
+/// here: a name, a non-empty group, sequences from 1 and strictly rising,
+/// UTF-8 payloads.
+pub fn decode_broker(msg: &[u8]) -> Result<BrokerBatch<'_>, WireError> {
+    let (&t, rest) = msg.split_first().ok_or(WireError::Empty)?;
+    if t != tag::BROKER_EVENTS {
+        return Err(WireError::UnknownTag(t));
+    }
+    let mut r = Reader(rest);
+    let version = r.u8()?;
+    if version != VERSION {
+        return Err(WireError::Version(version));
+    }
+    let node = r.str()?;
+    let incarnation = r.u64()?;
+    let group = r.str()?;
+    if group.is_empty() {
+        return Err(WireError::EmptyGroup);
+    }
+    let count = r.u32()?;
+    let body = r.0;
+    let mut last = 0u64;
+    for _ in 0..count {
+        let seq = r.u64()?;
+        if seq <= last {
+            return Err(WireError::BadSequence);
+        }
+        last = seq;
+        if simdutf8::basic::from_utf8(r.payload()?).is_err() {
+            return Err(WireError::PayloadNotUtf8);
+        }
+    }
+    if !r.0.is_empty() {
+        return Err(WireError::Trailing(r.0.len()));
+    }
+    Ok(BrokerBatch {
+        node,
+        incarnation,
+        group,
+        events: BrokerEvents { count, body },
+    })
+}
+
+/// Builds a broker message: `start`, then `push` each event in order.
+pub struct BrokerWriter {
+    buf: BytesMut,
+    count_at: usize,
+    count: u32,
+}
+
+impl BrokerWriter {
+    pub fn start(node: &str, incarnation: u64, group: &str) -> Self {
+        let mut buf = BytesMut::with_capacity(4096);
+        buf.put_u8(tag::BROKER_EVENTS);
+        buf.put_u8(VERSION);
+        put_str(&mut buf, node);
+        buf.put_u64(incarnation);
+        put_str(&mut buf, group);
+        let count_at = buf.len();
+        buf.put_u32(0);
+        Self {
+            buf,
+            count_at,
+            count: 0,
+        }
+    }
+
+    pub fn push(&mut self, seq: u64, payload: &[u8]) {
+        self.buf.put_u64(seq);
+        self.buf.put_u32(payload.len() as u32);
+        self.buf.extend_from_slice(payload);
+        self.count += 1;
+    }
+
+    /// The message's size so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn finish(mut self) -> bytes::Bytes {
+        let at = self.count_at;
+        self.buf[at..at + 4].copy_from_slice(&self.count.to_be_bytes());
+        self.buf.freeze()
     }
 }
 

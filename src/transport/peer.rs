@@ -7,7 +7,6 @@
 //! gets HTTP 403 with the reason, and the reason is logged and counted.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,10 +19,10 @@ use super::conn;
 use super::stream::{Stream, IOVECS, READ_CHUNK};
 use super::worker::Worker;
 use crate::backplane::awx;
+use crate::backplane::interest::LocalInterest;
 use crate::backplane::link::unix_now;
 use crate::backplane::wire::{self, PeerMessage};
 use crate::backplane::{handshake, secret, Backplane, Interest, Sink};
-use crate::fanout::Changes;
 use crate::protocol::frame::{self, close_code, Decoder, Message, Role};
 use crate::protocol::http::{self, RequestHead};
 
@@ -421,7 +420,7 @@ impl<S: Stream> Link<'_, S> {
 
         let mut routes = ctx.routes.watch();
         routes.borrow_and_update();
-        let (mut told, all) = Told::start(&ctx.routes);
+        let (mut told, all) = LocalInterest::start(&ctx.routes);
         let mut first = vec![frame::binary_frame(&wire::welcome(
             &self.bp.node_id,
             self.bp.incarnation,
@@ -600,7 +599,7 @@ impl<S: Stream> Link<'_, S> {
         let origin = format!("wsrelay_{}", self.bp.node_id);
         let mut routes = ctx.routes.watch();
         routes.borrow_and_update();
-        let (mut told, all) = Told::start(&ctx.routes);
+        let (mut told, all) = LocalInterest::start(&ctx.routes);
         let consumer = |added: Vec<Arc<str>>, removed: Vec<Arc<str>>| {
             [(true, added), (false, removed)]
                 .into_iter()
@@ -680,61 +679,6 @@ fn chunk_by_bytes(groups: &[Arc<str>], max: usize) -> impl Iterator<Item = &[Arc
         rest = tail;
         Some(head)
     })
-}
-
-/// What this node has told one peer about the groups its clients hold,
-/// kept current from the routes' transition log: each change costs what
-/// changed, not a diff of the whole table.
-struct Told {
-    sent: HashSet<Arc<str>>,
-    /// The routes epoch `sent` reflects.
-    epoch: u64,
-}
-
-impl Told {
-    /// The groups held now (to send whole) and the follower.
-    fn start(routes: &crate::fanout::Routes) -> (Told, Vec<Arc<str>>) {
-        let table = routes.load_full();
-        let sent: HashSet<Arc<str>> = table.local_groups().cloned().collect();
-        let all = sent.iter().cloned().collect();
-        (
-            Told {
-                sent,
-                epoch: table.epoch,
-            },
-            all,
-        )
-    }
-
-    /// The local groups added and removed since the last call.
-    fn catch_up(&mut self, routes: &crate::fanout::Routes) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
-        let (changes, epoch) = routes.since(self.epoch);
-        let (mut added, mut removed) = (Vec::new(), Vec::new());
-        match changes {
-            Changes::Transitions(ts) => {
-                for t in ts {
-                    match t.local {
-                        Some(true) if self.sent.insert(t.group.clone()) => added.push(t.group),
-                        Some(false) if self.sent.remove(&t.group) => removed.push(t.group),
-                        _ => {}
-                    }
-                }
-                // A group held and freed again within the window is in
-                // both lists; the net effect is what the set says.
-                added.retain(|g| self.sent.contains(g));
-                removed.retain(|g| !self.sent.contains(g));
-            }
-            Changes::Resync => {
-                let table = routes.load_full();
-                let now: HashSet<Arc<str>> = table.local_groups().cloned().collect();
-                added = now.difference(&self.sent).cloned().collect();
-                removed = self.sent.difference(&now).cloned().collect();
-                self.sent = now;
-            }
-        }
-        self.epoch = epoch;
-        (added, removed)
-    }
 }
 
 /// What an inbound link registered with the node, undone on drop, however

@@ -502,6 +502,7 @@ impl Session<'_> {
     async fn write_loop<S: Stream>(&self, stream: &S) -> std::io::Result<()> {
         // Grows with the batches it carries; an idle client's stays tiny.
         let mut frames = Vec::new();
+        let mut last_write: Option<Instant> = None;
         loop {
             let more = poll_fn(|cx| {
                 let mut hub = self.worker.hub.borrow_mut();
@@ -514,12 +515,33 @@ impl Session<'_> {
             if !more {
                 return Ok(());
             }
+            // Pacing: a write soon after the last one waits out the
+            // interval, so that under a flood one syscall (and one wake-up of
+            // the reader) carries everything that arrived meanwhile, while a
+            // write after a quiet spell goes at once. Skipped when a full
+            // batch is already waiting or the connection is closing.
+            let interval = self.worker.ctx.config.client_write_interval;
+            if let Some(due) = last_write.map(|t| t + interval) {
+                if Instant::now() < due {
+                    let (full, closing) = {
+                        let mut hub = self.worker.hub.borrow_mut();
+                        let q = hub.queue_mut(self.id);
+                        (q.len() >= IOVECS, q.is_closing())
+                    };
+                    if !full && !closing {
+                        tokio::time::sleep_until(due).await;
+                    }
+                }
+            }
             self.worker
                 .hub
                 .borrow_mut()
                 .queue_mut(self.id)
                 .take_batch(&mut frames, IOVECS);
-            self.write_started.set(Some(Instant::now()));
+            let now = Instant::now();
+            self.write_started.set(Some(now));
+            last_write = Some(now);
+            self.worker.ctx.metrics.socket_writes[self.worker.index].inc();
             let result = match stream.writev(&mut frames).await {
                 Ok(0) => Err(std::io::ErrorKind::WriteZero.into()),
                 other => other,

@@ -191,6 +191,7 @@ async fn deliver(worker: Rc<Worker>, mut inbox: mpsc::Receiver<Vec<Event>>) {
         }
         worker.publish(&delta);
         let m = &worker.ctx.metrics;
+        m.delivery_rounds[worker.index].inc();
         m.deliveries.inc_by(stats.delivered);
         if stats.dropped > 0 {
             m.dropped.inc_by(stats.dropped);

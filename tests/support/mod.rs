@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod awx_api;
+pub mod cut;
+pub mod nats;
 pub mod nginx;
 pub mod postgres;
 pub mod raw;

@@ -1,0 +1,973 @@
+//! The cluster backplane on a NATS broker (`--broker nats://...`), beside
+//! or instead of the mesh of links.
+//!
+//! Each node publishes the events produced here once, to one subject per
+//! group (`<prefix>.g.<group>`), and subscribes only to the groups its
+//! clients hold: the broker does the fan-out between nodes, so what a node
+//! sends does not grow with the number of nodes. A message carries a run
+//! of one group's events, each with the sender's sequence number; the
+//! sender takes them from the same outbox the mesh links use (a `Sink` that
+//! wants everything), so a message is acknowledged, resent after a lost
+//! connection, or counted as lost exactly as on a link.
+//!
+//! With JetStream (`--broker-replay-window-s`, default 120) the broker also
+//! keeps every message for that long in one stream: publishing waits for
+//! the stream's acknowledgement, and a node that lost its connection
+//! replays, once back, what its groups missed meanwhile. Receivers drop
+//! what they have seen (per group and sending run, by sequence), so a
+//! resend or a replay's overlap is never delivered twice. Without
+//! JetStream, events published while a node was away are lost for it; the
+//! sender counts what it could not publish.
+//!
+//! Events received from the broker are delivered here only, never passed
+//! to a peer or back to the broker: each event crosses the cluster once.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use async_nats::{Client, HeaderMap};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+
+use super::outbox::{Interest, Pending, Sink, SinkLimits};
+use super::{interest::LocalInterest, is_node_name, wire, Backplane};
+use crate::config::{Config, ConfigError};
+use crate::fanout::{Router, Routes};
+use crate::metrics::BrokerMetrics;
+
+/// How far before a lost connection a resume starts replaying: messages
+/// the broker had stored but not yet handed to this node when the
+/// connection went are covered if they were stored no earlier than this.
+const REPLAY_MARGIN: Duration = Duration::from_secs(5);
+/// How often the stream's last sequence is sampled (where a replay starts).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// Checkpoints kept (at one a second: the margin and then some).
+const CHECKPOINTS: usize = 64;
+/// Messages waiting between the subscriptions and the delivery loop.
+const INBOX: usize = 4096;
+/// Sending runs remembered per group for de-duplication.
+const RUNS_PER_GROUP: usize = 64;
+/// What a broker message may carry besides the events (names, counts).
+const MESSAGE_OVERHEAD: usize = 1024;
+
+/// The broker's settings, from `Config`.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    pub urls: Vec<String>,
+    pub prefix: String,
+    /// How long the stream keeps messages; zero: no JetStream, no resume.
+    pub replay_window: Duration,
+    pub stream: String,
+    pub stream_max_bytes: i64,
+    pub batch_events: usize,
+    pub batch_bytes: usize,
+    pub limits: SinkLimits,
+    pub connect_timeout: Duration,
+    pub ack_timeout: Duration,
+    pub max_group_name: usize,
+}
+
+impl BrokerSettings {
+    /// `None` when no broker is configured.
+    pub fn from_config(c: &Config) -> Result<Option<Self>, ConfigError> {
+        if c.broker.is_empty() {
+            return Ok(None);
+        }
+        for url in &c.broker {
+            if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+                return Err(ConfigError::Broker(format!(
+                    "--broker {url}: want nats://host:port or tls://host:port"
+                )));
+            }
+        }
+        let prefix = &c.broker_subject_prefix;
+        if prefix.is_empty()
+            || !prefix.split('.').all(|t| {
+                !t.is_empty()
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            })
+        {
+            return Err(ConfigError::Broker(format!(
+                "--broker-subject-prefix {prefix:?}: want dot-separated tokens of letters, digits, '-' or '_'"
+            )));
+        }
+        Ok(Some(Self {
+            urls: c.broker.clone(),
+            prefix: prefix.clone(),
+            replay_window: c.broker_replay_window,
+            stream: c.broker_stream.clone(),
+            stream_max_bytes: i64::try_from(c.broker_stream_max_bytes).unwrap_or(i64::MAX),
+            batch_events: c.peer_batch_events,
+            batch_bytes: c.peer_batch_bytes,
+            limits: SinkLimits {
+                max_events: c.peer_buffer_events,
+                max_bytes: c.peer_buffer_bytes,
+            },
+            connect_timeout: c.peer_connect_timeout,
+            ack_timeout: c.subscribe_ack_timeout.max(Duration::from_secs(5)),
+            max_group_name: c.max_group_name,
+        }))
+    }
+}
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+/// The signature's length at the end of every broker message.
+const TAG: usize = 32;
+
+fn mac(secret: &[u8], subject: &str, body: &[u8]) -> HmacSha256 {
+    use hmac::Mac;
+    let mut m = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
+    m.update(b"wsrelay.broker.v1\n");
+    m.update(subject.as_bytes());
+    m.update(b"\n");
+    m.update(body);
+    m
+}
+
+/// Signs a message for `subject` with the backplane secret: anyone who
+/// may publish on the broker but lacks the secret cannot inject events,
+/// nor move a signed message to another group.
+pub fn seal(secret: &[u8], subject: &str, body: &[u8]) -> Bytes {
+    use hmac::Mac;
+    let tag = mac(secret, subject, body).finalize().into_bytes();
+    let mut out = Vec::with_capacity(body.len() + TAG);
+    out.extend_from_slice(body);
+    out.extend_from_slice(&tag);
+    Bytes::from(out)
+}
+
+/// The body of a message signed for `subject`, or `None` (compared in
+/// constant time).
+pub fn open<'a>(secret: &[u8], subject: &str, msg: &'a [u8]) -> Option<&'a [u8]> {
+    use hmac::Mac;
+    let (body, tag) = msg.split_at_checked(msg.len().checked_sub(TAG)?)?;
+    mac(secret, subject, body).verify_slice(tag).ok()?;
+    Some(body)
+}
+
+/// The subject a group's events travel on. Group names made only of
+/// letters, digits, `-` and `_` (all of AWX's) are used as they are;
+/// anything else is hex after a `~`, which no plain name starts with.
+pub fn subject(prefix: &str, group: &str) -> String {
+    if !group.is_empty()
+        && group
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        format!("{prefix}.g.{group}")
+    } else {
+        let mut s = format!("{prefix}.g.~");
+        for b in group.bytes() {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+}
+
+/// The group a subject names, if it is one of ours.
+pub fn group_of(prefix: &str, subject: &str) -> Option<String> {
+    let token = subject.strip_prefix(prefix)?.strip_prefix(".g.")?;
+    match token.strip_prefix('~') {
+        None if !token.is_empty() => Some(token.to_owned()),
+        None => None,
+        Some(hex) => {
+            if hex.len() % 2 != 0 {
+                return None;
+            }
+            let bytes = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                .collect::<Option<Vec<u8>>>()?;
+            String::from_utf8(bytes).ok()
+        }
+    }
+}
+
+/// Splits events taken from the outbox into broker messages: one per run
+/// of a group within the batch, events in their order, each message under
+/// `max_bytes` (an event too big for any message is returned apart).
+pub fn messages(
+    node: &str,
+    incarnation: u64,
+    batch: &[Pending],
+    max_bytes: usize,
+) -> (Vec<(Arc<str>, Bytes, usize)>, usize) {
+    let mut open: Vec<(Arc<str>, wire::BrokerWriter, usize)> = Vec::new();
+    let mut done = Vec::new();
+    let mut too_big = 0;
+    for p in batch {
+        if p.payload.len() + MESSAGE_OVERHEAD + p.group.len() > max_bytes {
+            too_big += 1;
+            continue;
+        }
+        let at = match open.iter().position(|(g, _, _)| *g == p.group) {
+            Some(i) if open[i].1.len() + p.payload.len() + 12 <= max_bytes => i,
+            Some(i) => {
+                let (g, w, n) = open.swap_remove(i);
+                done.push((g, w.finish(), n));
+                open.push((
+                    p.group.clone(),
+                    wire::BrokerWriter::start(node, incarnation, &p.group),
+                    0,
+                ));
+                open.len() - 1
+            }
+            None => {
+                open.push((
+                    p.group.clone(),
+                    wire::BrokerWriter::start(node, incarnation, &p.group),
+                    0,
+                ));
+                open.len() - 1
+            }
+        };
+        open[at].1.push(p.seq, &p.payload);
+        open[at].2 += 1;
+    }
+    done.extend(open.into_iter().map(|(g, w, n)| (g, w.finish(), n)));
+    (done, too_big)
+}
+
+/// What this node has delivered from each sending run, per group: an
+/// event at or below the mark was seen (a resend, a replay's overlap).
+#[derive(Default)]
+pub struct Seen {
+    groups: HashMap<Arc<str>, VecDeque<(String, u64, u64)>>,
+}
+
+impl Seen {
+    /// Whether `(node, incarnation, seq)` in `group` is new; records it.
+    pub fn admit(&mut self, group: &str, node: &str, incarnation: u64, seq: u64) -> bool {
+        let runs = match self.groups.get_mut(group) {
+            Some(r) => r,
+            None => self.groups.entry(Arc::from(group)).or_default(),
+        };
+        if let Some(run) = runs
+            .iter_mut()
+            .find(|(n, i, _)| *i == incarnation && n == node)
+        {
+            if seq <= run.2 {
+                return false;
+            }
+            run.2 = seq;
+            return true;
+        }
+        if runs.len() >= RUNS_PER_GROUP {
+            runs.pop_front();
+        }
+        runs.push_back((node.to_owned(), incarnation, seq));
+        true
+    }
+
+    /// The group is no longer held here: what was seen of it goes.
+    pub fn forget(&mut self, group: &str) {
+        self.groups.remove(group);
+    }
+}
+
+/// The running broker backplane: a thread of its own, stopped on drop.
+pub struct Broker {
+    stop: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Broker {
+    pub fn spawn(
+        bp: Arc<Backplane>,
+        router: Arc<Router>,
+        routes: Arc<Routes>,
+        settings: BrokerSettings,
+    ) -> io::Result<Broker> {
+        let (stop, stop_rx) = watch::channel(false);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let thread = std::thread::Builder::new()
+            .name("wsrelay-broker".into())
+            .spawn(move || {
+                tokio::task::LocalSet::new().block_on(&rt, async move {
+                    let ctx = Rc::new(Ctx {
+                        m: bp.metrics.broker.clone(),
+                        secret: bp.secret.clone().unwrap_or_default(),
+                        bp,
+                        router,
+                        routes,
+                        settings,
+                        seen: RefCell::new(Seen::default()),
+                    });
+                    run(ctx, stop_rx).await;
+                });
+            })?;
+        Ok(Broker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Ctx {
+    bp: Arc<Backplane>,
+    router: Arc<Router>,
+    routes: Arc<Routes>,
+    settings: BrokerSettings,
+    m: BrokerMetrics,
+    seen: RefCell<Seen>,
+    /// The backplane secret, which signs every message.
+    secret: String,
+}
+
+/// What reaches the delivery loop, in the order it happened.
+enum Incoming {
+    Message(async_nats::Message),
+    /// The connection went (at that instant).
+    Lost(Instant),
+    /// The connection is back.
+    Back,
+}
+
+async fn run(ctx: Rc<Ctx>, mut stop: watch::Receiver<bool>) {
+    let (tx, rx) = mpsc::channel::<Incoming>(INBOX);
+    let (connected_tx, connected) = watch::channel(false);
+    let events_tx = tx.clone();
+    let m = ctx.m.clone();
+    let was_connected = Rc::new(std::cell::Cell::new(false));
+    // Connection events arrive on the client's own task; they are handed
+    // over in order through a channel.
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<async_nats::Event>();
+    let options = async_nats::ConnectOptions::new()
+        .name(format!("wsrelay {}", ctx.bp.node_id))
+        .no_echo()
+        .retry_on_initial_connect()
+        .connection_timeout(ctx.settings.connect_timeout)
+        .event_callback(move |e| {
+            let ev_tx = ev_tx.clone();
+            async move {
+                let _ = ev_tx.send(e);
+            }
+        });
+    let urls: Vec<async_nats::ServerAddr> = match ctx
+        .settings
+        .urls
+        .iter()
+        .map(|u| u.parse())
+        .collect::<Result<_, _>>()
+    {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!(error = %e, "broker address unreadable; the broker backplane is off");
+            return;
+        }
+    };
+    let client = match options.connect(urls).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "broker connection failed; the broker backplane is off");
+            return;
+        }
+    };
+    {
+        let was = was_connected.clone();
+        tokio::task::spawn_local(async move {
+            while let Some(e) = ev_rx.recv().await {
+                match e {
+                    async_nats::Event::Connected => {
+                        m.up.set(1);
+                        if was.replace(true) {
+                            continue;
+                        }
+                        let _ = connected_tx.send(true);
+                        let _ = events_tx.send(Incoming::Back).await;
+                    }
+                    async_nats::Event::Disconnected => {
+                        m.up.set(0);
+                        if !was.replace(false) {
+                            continue;
+                        }
+                        m.reconnects.inc();
+                        let _ = connected_tx.send(false);
+                        let _ = events_tx.send(Incoming::Lost(Instant::now())).await;
+                    }
+                    async_nats::Event::SlowConsumer(_) => {
+                        tracing::warn!("broker: this node fell behind a subscription; the broker dropped messages for it");
+                    }
+                    other => tracing::debug!(event = %other, "broker event"),
+                }
+            }
+        });
+    }
+    // The connect above may have returned before the connection is up
+    // (it retries in the background); the events say when it is.
+    let stream = Rc::new(RefCell::new(None::<jetstream::stream::Stream>));
+    let js = jetstream::new(client.clone());
+    let checkpoints = Rc::new(RefCell::new(VecDeque::<(Instant, u64)>::new()));
+    let sink = Arc::new(Sink::new(
+        "broker".into(),
+        Interest::All,
+        ctx.settings.limits,
+    ));
+    ctx.bp.outbox.add(sink.clone());
+    tracing::info!(brokers = ?ctx.settings.urls, prefix = %ctx.settings.prefix, "broker backplane starting");
+
+    let setup = {
+        let ctx = ctx.clone();
+        let js = js.clone();
+        let stream = stream.clone();
+        let checkpoints = checkpoints.clone();
+        let mut connected = connected.clone();
+        async move {
+            if ctx.settings.replay_window.is_zero() {
+                tracing::warn!("broker without a replay window: events published while a node is away are lost for it");
+                return;
+            }
+            // The stream is made (or found) once the broker is reachable,
+            // then sampled for resume points while connected.
+            loop {
+                if connected.wait_for(|c| *c).await.is_err() {
+                    return;
+                }
+                if stream.borrow().is_none() {
+                    match ensure_stream(&js, &ctx.settings).await {
+                        Ok(s) => {
+                            ctx.m.jetstream.set(1);
+                            *stream.borrow_mut() = Some(s);
+                        }
+                        Err(e) => {
+                            ctx.m.jetstream.set(0);
+                            tracing::warn!(error = %e, "broker: no JetStream stream; resumes are off until it can be made");
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                            continue;
+                        }
+                    }
+                }
+                let s = stream.borrow().clone();
+                if let Some(s) = s {
+                    if let Ok(Ok(info)) =
+                        tokio::time::timeout(ctx.settings.ack_timeout, s.get_info()).await
+                    {
+                        let mut c = checkpoints.borrow_mut();
+                        if c.len() >= CHECKPOINTS {
+                            c.pop_front();
+                        }
+                        c.push_back((Instant::now(), info.state.last_sequence));
+                    }
+                }
+                tokio::time::sleep(CHECKPOINT_EVERY).await;
+            }
+        }
+    };
+    let tasks = [
+        tokio::task::spawn_local(setup).abort_handle(),
+        tokio::task::spawn_local(publish(
+            ctx.clone(),
+            client.clone(),
+            js.clone(),
+            stream.clone(),
+            sink.clone(),
+            connected.clone(),
+        ))
+        .abort_handle(),
+        tokio::task::spawn_local(follow_interest(
+            ctx.clone(),
+            client.clone(),
+            tx,
+            connected.clone(),
+        ))
+        .abort_handle(),
+        tokio::task::spawn_local(deliver(
+            ctx.clone(),
+            client.clone(),
+            stream.clone(),
+            checkpoints,
+            rx,
+        ))
+        .abort_handle(),
+    ];
+    let _ = stop.wait_for(|s| *s).await;
+    for t in tasks {
+        t.abort();
+    }
+    ctx.bp.outbox.remove(&sink);
+    // What was published is flushed before the thread ends (bounded).
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+}
+
+async fn ensure_stream(
+    js: &jetstream::Context,
+    s: &BrokerSettings,
+) -> Result<jetstream::stream::Stream, async_nats::Error> {
+    let config = jetstream::stream::Config {
+        name: s.stream.clone(),
+        subjects: vec![format!("{}.g.>", s.prefix)],
+        max_age: s.replay_window,
+        max_bytes: s.stream_max_bytes,
+        storage: jetstream::stream::StorageType::File,
+        discard: jetstream::stream::DiscardPolicy::Old,
+        duplicate_window: s.replay_window.min(Duration::from_secs(120)),
+        ..Default::default()
+    };
+    Ok(tokio::time::timeout(s.ack_timeout, js.get_or_create_stream(config)).await??)
+}
+
+/// Takes what the outbox owes the broker, publishes it as per-group
+/// messages and forgets it once the broker has it (the stream's
+/// acknowledgement, or a flush without JetStream). After a failure the
+/// unacknowledged rest is published again once the connection is back.
+async fn publish(
+    ctx: Rc<Ctx>,
+    client: Client,
+    js: jetstream::Context,
+    stream: Rc<RefCell<Option<jetstream::stream::Stream>>>,
+    sink: Arc<Sink>,
+    mut connected: watch::Receiver<bool>,
+) {
+    let s = &ctx.settings;
+    let mut batch = Vec::new();
+    let mut acked = 0u64;
+    loop {
+        let counts = sink.take_counts();
+        ctx.m.lost.inc_by(counts.evicted + counts.discarded);
+        ctx.m.lag.set(sink.depth() as i64);
+        if !*connected.borrow() {
+            if connected.wait_for(|c| *c).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        if !sink.has_unsent() {
+            tokio::select! {
+                () = sink.ready() => {}
+                r = connected.changed() => if r.is_err() { return },
+            }
+            continue;
+        }
+        batch.clear();
+        sink.take(&mut batch, s.batch_events, s.batch_bytes);
+        let Some(last) = batch.last().map(|p| p.seq) else {
+            continue;
+        };
+        let max = client.server_info().max_payload.max(64 * 1024) - TAG;
+        let (msgs, too_big) = messages(&ctx.bp.node_id, ctx.bp.incarnation, &batch, max);
+        if too_big > 0 {
+            ctx.m.lost.inc_by(too_big as u64);
+            tracing::warn!(
+                too_big,
+                max,
+                "broker: events bigger than the broker's largest message were not published"
+            );
+        }
+        let use_js = stream.borrow().is_some();
+        let result = async {
+            let mut acks = Vec::with_capacity(msgs.len());
+            for (group, body, n) in &msgs {
+                let subject = subject(&s.prefix, group);
+                let body = seal(ctx.secret.as_bytes(), &subject, body);
+                let len = body.len() as u64;
+                if use_js {
+                    let mut headers = HeaderMap::new();
+                    // The stream drops a resend it already holds.
+                    let first = batch
+                        .iter()
+                        .find(|p| p.group == *group)
+                        .map_or(0, |p| p.seq);
+                    headers.insert(
+                        "Nats-Msg-Id",
+                        format!(
+                            "{}.{:x}.{first}.{}",
+                            ctx.bp.node_id,
+                            ctx.bp.incarnation,
+                            group.len()
+                        )
+                        .as_str(),
+                    );
+                    acks.push(js.publish_with_headers(subject, headers, body).await?);
+                } else {
+                    client.publish(subject, body).await?;
+                }
+                ctx.m.messages_published.inc();
+                ctx.m.events_published.inc_by(*n as u64);
+                ctx.m.bytes_published.inc_by(len);
+            }
+            if use_js {
+                for ack in acks {
+                    ack.await?;
+                }
+            } else {
+                client.flush().await?;
+            }
+            Ok::<(), async_nats::Error>(())
+        };
+        match tokio::time::timeout(s.ack_timeout, result).await {
+            Ok(Ok(())) => {
+                acked = last;
+                sink.ack(acked);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "broker publish failed; resending from the last acknowledged event");
+                sink.connected(Some(acked));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(_) => {
+                tracing::warn!("broker publish unacknowledged in time; resending from the last acknowledged event");
+                sink.connected(Some(acked));
+            }
+        }
+    }
+}
+
+/// Subscribes to the groups this node's clients hold, and registers with
+/// the backplane so that a subscribe reply waits until the broker has the
+/// subscription (as it waits for native peers).
+async fn follow_interest(
+    ctx: Rc<Ctx>,
+    client: Client,
+    tx: mpsc::Sender<Incoming>,
+    mut connected: watch::Receiver<bool>,
+) {
+    let link = ctx.bp.link_id();
+    let mut routes = ctx.routes.watch();
+    routes.borrow_and_update();
+    let (mut told, all) = LocalInterest::start(&ctx.routes);
+    let mut subs: HashMap<Arc<str>, AbortHandle> = HashMap::new();
+    let mut added = all;
+    let mut removed: Vec<Arc<str>> = Vec::new();
+    let mut registered = false;
+    loop {
+        for g in removed.drain(..) {
+            if let Some(h) = subs.remove(&g) {
+                h.abort();
+            }
+            ctx.seen.borrow_mut().forget(&g);
+        }
+        let mut any = false;
+        for g in added.drain(..) {
+            match client.subscribe(subject(&ctx.settings.prefix, &g)).await {
+                Ok(mut sub) => {
+                    let tx = tx.clone();
+                    let task = tokio::task::spawn_local(async move {
+                        while let Some(msg) = sub.next().await {
+                            if tx.send(Incoming::Message(msg)).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    subs.insert(g, task.abort_handle());
+                    any = true;
+                }
+                Err(e) => tracing::warn!(group = %g, error = %e, "broker subscribe failed"),
+            }
+        }
+        let up = *connected.borrow_and_update();
+        if up {
+            if any {
+                // A flush is a round trip: the broker has every SUB sent
+                // before it.
+                let _ = tokio::time::timeout(ctx.settings.ack_timeout, client.flush()).await;
+            }
+            if !registered {
+                ctx.bp.interest_pending(link);
+                registered = true;
+            }
+            ctx.bp.interest_acked(link, Some(told.epoch));
+        } else if registered {
+            // While the broker is away, subscribes do not wait for it; the
+            // subscriptions are made again when it is back.
+            ctx.bp.interest_acked(link, None);
+            registered = false;
+        }
+        tokio::select! {
+            r = routes.changed() => if r.is_err() { break },
+            r = connected.changed() => if r.is_err() { break },
+        }
+        (added, removed) = told.catch_up(&ctx.routes);
+    }
+    if registered {
+        ctx.bp.interest_acked(link, None);
+    }
+}
+
+/// Delivers received messages in order, and after a lost connection
+/// replays what the stream holds of the time away before going on.
+async fn deliver(
+    ctx: Rc<Ctx>,
+    client: Client,
+    stream: Rc<RefCell<Option<jetstream::stream::Stream>>>,
+    checkpoints: Rc<RefCell<VecDeque<(Instant, u64)>>>,
+    mut rx: mpsc::Receiver<Incoming>,
+) {
+    let mut lost_at: Option<Instant> = None;
+    while let Some(incoming) = rx.recv().await {
+        match incoming {
+            Incoming::Message(msg) => {
+                if deliver_one(&ctx, &msg.subject, &msg.payload, false)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Incoming::Lost(at) => {
+                lost_at.get_or_insert(at);
+            }
+            Incoming::Back => {
+                let Some(at) = lost_at.take() else { continue };
+                let s = stream.borrow().clone();
+                let Some(s) = s else {
+                    tracing::warn!("broker connection back; without JetStream what was published meanwhile is lost here");
+                    continue;
+                };
+                let start = {
+                    let c = checkpoints.borrow();
+                    let before = at.checked_sub(REPLAY_MARGIN).unwrap_or(at);
+                    c.iter()
+                        .rev()
+                        .find(|(t, _)| *t <= before)
+                        .or(c.front())
+                        .map(|(_, seq)| seq + 1)
+                };
+                let Some(start) = start else { continue };
+                match replay(&ctx, &client, &s, start).await {
+                    Ok(n) => {
+                        ctx.m.resumes.inc();
+                        tracing::info!(
+                            from = start,
+                            replayed = n,
+                            "broker connection back; resumed from the stream"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "broker resume failed; events published while away may be lost here")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads the stream from `start` to its end as of now, delivering what
+/// the live subscriptions missed.
+async fn replay(
+    ctx: &Ctx,
+    client: &Client,
+    stream: &jetstream::stream::Stream,
+    start: u64,
+) -> Result<u64, async_nats::Error> {
+    let end = tokio::time::timeout(ctx.settings.ack_timeout, stream.get_info())
+        .await??
+        .state
+        .last_sequence;
+    if end < start {
+        return Ok(0);
+    }
+    let consumer = stream
+        .create_consumer(jetstream::consumer::push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            filter_subject: format!("{}.g.>", ctx.settings.prefix),
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut replayed = 0;
+    // Bounded: a replay that cannot finish in the window gives up.
+    let limit = ctx.settings.replay_window.max(Duration::from_secs(10));
+    let read = async {
+        while let Some(m) = messages.next().await {
+            let m = m?;
+            let seq = m.info().map(|i| i.stream_sequence).unwrap_or(end);
+            // Only groups held here now: what the live path would carry.
+            let held = group_of(&ctx.settings.prefix, &m.subject).is_some_and(|g| {
+                ctx.routes
+                    .load()
+                    .groups
+                    .get(g.as_str())
+                    .is_some_and(|w| crate::fanout::RouteTable::local_mask(*w) != 0)
+            });
+            if held {
+                replayed += deliver_one(ctx, &m.subject, &m.payload, true)
+                    .await
+                    .unwrap_or(0);
+            }
+            if seq >= end {
+                break;
+            }
+        }
+        Ok::<(), async_nats::Error>(())
+    };
+    tokio::time::timeout(limit, read).await??;
+    Ok(replayed)
+}
+
+/// Checks one message and delivers its new events here. Returns how many
+/// were delivered; `Err` only when the node is shutting down.
+async fn deliver_one(ctx: &Ctx, subject: &str, body: &[u8], replaying: bool) -> Result<u64, ()> {
+    let m = &ctx.m;
+    let Some(body) = open(ctx.secret.as_bytes(), subject, body) else {
+        m.skipped("bad_signature");
+        return Ok(0);
+    };
+    let batch = match wire::decode_broker(body) {
+        Ok(b) => b,
+        Err(e) => {
+            m.skipped("malformed");
+            tracing::debug!(subject, error = %e, "unreadable broker message");
+            return Ok(0);
+        }
+    };
+    if !is_node_name(batch.node) {
+        m.skipped("bad_node");
+        return Ok(0);
+    }
+    if batch.node == ctx.bp.node_id {
+        // Our own (a replay reads everything): delivered here already.
+        m.skipped("own");
+        return Ok(0);
+    }
+    if batch.group.len() > ctx.settings.max_group_name {
+        m.skipped("long_group");
+        return Ok(0);
+    }
+    if group_of(&ctx.settings.prefix, subject).as_deref() != Some(batch.group) {
+        m.skipped("subject_mismatch");
+        return Ok(0);
+    }
+    let fresh: Vec<(&str, &[u8])> = {
+        let mut seen = ctx.seen.borrow_mut();
+        batch
+            .events
+            .clone()
+            .into_iter()
+            .filter(|(seq, _)| seen.admit(batch.group, batch.node, batch.incarnation, *seq))
+            .map(|(_, p)| (batch.group, p))
+            .collect()
+    };
+    let n = fresh.len() as u64;
+    m.duplicates.inc_by(batch.events.len() as u64 - n);
+    m.bytes_received.inc_by(body.len() as u64);
+    if n == 0 {
+        return Ok(0);
+    }
+    m.events_received.inc_by(n);
+    if replaying {
+        m.replayed.inc_by(n);
+    }
+    ctx.bp
+        .stats
+        .received(batch.node, n, super::link::unix_now());
+    ctx.router.route_from_peer(fresh).await.map_err(|_| ())?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_carry_any_group_and_come_back() {
+        for g in [
+            "job_events-42",
+            "jobs-status_changed",
+            "a.b",
+            "sp ace",
+            "~x",
+            "é",
+            "*",
+            ">",
+        ] {
+            let s = subject("wsrelay", g);
+            assert!(!s[11..].contains(['.', ' ', '*', '>']), "{s}");
+            assert_eq!(group_of("wsrelay", &s).as_deref(), Some(g), "{s}");
+        }
+        assert_eq!(
+            subject("wsrelay", "job_events-42"),
+            "wsrelay.g.job_events-42"
+        );
+        assert_eq!(group_of("wsrelay", "wsrelay.g.~4"), None);
+        assert_eq!(group_of("wsrelay", "wsrelay.g.~zz"), None);
+        assert_eq!(group_of("wsrelay", "wsrelay.g.~ff"), None, "not UTF-8");
+        assert_eq!(group_of("wsrelay", "other.g.x"), None);
+        assert_eq!(group_of("wsrelay", "wsrelay.g."), None);
+    }
+
+    fn pending(seq: u64, group: &str, payload: &str) -> Pending {
+        Pending {
+            seq,
+            group: Arc::from(group),
+            payload: Bytes::copy_from_slice(payload.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn a_batch_becomes_one_message_per_group_in_order() {
+        let batch = [
+            pending(1, "a", "1"),
+            pending(2, "b", "2"),
+            pending(3, "a", "3"),
+        ];
+        let (msgs, too_big) = messages("n1", 7, &batch, 1 << 20);
+        assert_eq!(too_big, 0);
+        assert_eq!(msgs.len(), 2);
+        let a = wire::decode_broker(&msgs[0].1).unwrap();
+        assert_eq!((a.node, a.incarnation, a.group), ("n1", 7, "a"));
+        let ev: Vec<_> = a.events.into_iter().collect();
+        assert_eq!(ev, vec![(1, &b"1"[..]), (3, &b"3"[..])]);
+        // Bounded by size: a group's run splits, order kept.
+        let big: Vec<_> = (1..=10)
+            .map(|i| pending(i, "a", &"x".repeat(500)))
+            .collect();
+        let (msgs, too_big) = messages("n1", 7, &big, 1024 + 1200);
+        assert_eq!(too_big, 0);
+        assert!(msgs.len() > 1);
+        let seqs: Vec<u64> = msgs
+            .iter()
+            .flat_map(|(_, b, _)| {
+                wire::decode_broker(b)
+                    .unwrap()
+                    .events
+                    .into_iter()
+                    .map(|(s, _)| s)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+        let (msgs, too_big) = messages("n1", 7, &[pending(1, "a", &"x".repeat(5000))], 2048);
+        assert_eq!((msgs.len(), too_big), (0, 1));
+    }
+
+    #[test]
+    fn seen_drops_repeats_per_group_and_run() {
+        let mut s = Seen::default();
+        assert!(s.admit("g", "a", 1, 5));
+        assert!(!s.admit("g", "a", 1, 5));
+        assert!(!s.admit("g", "a", 1, 3));
+        assert!(s.admit("g", "a", 1, 6));
+        // Another group, another run, another node: their own marks.
+        assert!(s.admit("h", "a", 1, 2));
+        assert!(s.admit("g", "a", 2, 1));
+        assert!(s.admit("g", "b", 1, 1));
+        s.forget("g");
+        assert!(s.admit("g", "a", 1, 1));
+    }
+}

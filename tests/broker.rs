@@ -1,0 +1,309 @@
+//! The broker backplane: real nodes and a real `nats-server` (with
+//! JetStream) on loopback, checked through real websocket clients and each
+//! node's `/metrics`.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::nats::NatsServer;
+use support::*;
+
+const BACKPLANE: &str = "backplane-secret-for-tests";
+
+/// A node named `name` on the broker `nats`.
+fn broker_node(name: &str, nats: &NatsServer) -> TestNode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let url = nats.url();
+    start(|c| {
+        c.node_id = name.into();
+        c.backplane_secret = Some(BACKPLANE.into());
+        c.broker = vec![url];
+    })
+}
+
+/// Waits until the node's broker connection is up, with the stream when
+/// `jetstream`.
+async fn broker_ready(n: &TestNode, jetstream: bool) {
+    wait_metric(n.addr, "wsrelay_broker_up 1").await;
+    if jetstream {
+        wait_metric(n.addr, "wsrelay_broker_jetstream 1").await;
+    }
+}
+
+/// One emit request carrying `events` as `(group, payload)`.
+async fn emit_batch(addr: std::net::SocketAddr, events: &[(String, Value)]) {
+    let body: Vec<Value> = events
+        .iter()
+        .map(|(g, p)| json!({"group": g, "payload": p}))
+        .collect();
+    let (status, reply) = emit(addr, &Value::Array(body).to_string()).await;
+    assert_eq!(status, 200, "{reply}");
+}
+
+async fn next_n(ws: &mut Ws) -> u64 {
+    let v = next_json(ws).await;
+    v["n"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("not an event: {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_receives_only_the_groups_its_clients_hold_in_order() {
+    let nats = NatsServer::start(true);
+    let a = broker_node("a", &nats);
+    let b = broker_node("b", &nats);
+    broker_ready(&a, true).await;
+    broker_ready(&b, true).await;
+    let mut ws = connect(b.addr, &token(1)).await;
+    // The reply comes once the broker holds b's subscription.
+    subscribe(&mut ws, json!({"job_events": [1]})).await;
+    let mut events = Vec::new();
+    for n in 0..200u64 {
+        events.push(("job_events-1".to_owned(), json!({"n": n})));
+        events.push(("job_events-2".to_owned(), json!({"n": n})));
+    }
+    for chunk in events.chunks(50) {
+        emit_batch(a.addr, chunk).await;
+    }
+    for want in 0..200 {
+        assert_eq!(next_n(&mut ws).await, want);
+    }
+    // a published every event once; b received only its group's.
+    wait_metric(a.addr, "wsrelay_broker_events_published_total 400").await;
+    wait_metric(b.addr, "wsrelay_broker_events_received_total 200").await;
+    assert_eq!(metric(b.addr, "wsrelay_broker_duplicates_total").await, 0);
+    // b's own clients' events reach a's clients the same way, and a's
+    // unsubscribed group stays on a.
+    let mut wa = connect(a.addr, &token(2)).await;
+    subscribe(&mut wa, json!({"job_events": [3]})).await;
+    emit_one(b.addr, "job_events-3", r#"{"n": 7}"#).await;
+    assert_eq!(next_n(&mut wa).await, 7);
+    wait_metric(a.addr, "wsrelay_broker_events_received_total 1").await;
+    // Leaving the group ends the subscription: nothing more reaches b.
+    subscribe(&mut ws, json!({})).await;
+    emit_one(a.addr, "job_events-1", r#"{"n": 999}"#).await;
+    emit_one(a.addr, "job_events-3", r#"{"n": 8}"#).await;
+    wait_metric(a.addr, "wsrelay_broker_events_published_total 402").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        metric(b.addr, "wsrelay_broker_events_received_total").await,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_stream_loses_and_repeats_nothing() {
+    let mut nats = NatsServer::start(true);
+    let a = broker_node("a", &nats);
+    let b = broker_node("b", &nats);
+    broker_ready(&a, true).await;
+    broker_ready(&b, true).await;
+    let mut ws = connect(b.addr, &token(1)).await;
+    subscribe(&mut ws, json!({"job_events": [1]})).await;
+    let total = 3000u64;
+    let reader = tokio::spawn(async move {
+        for want in 0..total {
+            assert_eq!(next_n(&mut ws).await, want, "order and exactly once");
+        }
+        ws
+    });
+    let emit_range = |from: u64, to: u64| {
+        let addr = a.addr;
+        async move {
+            for start in (from..to).step_by(50) {
+                let chunk: Vec<_> = (start..(start + 50).min(to))
+                    .map(|n| ("job_events-1".to_owned(), json!({"n": n})))
+                    .collect();
+                emit_batch(addr, &chunk).await;
+            }
+        }
+    };
+    emit_range(0, 1000).await;
+    // The broker dies mid-storm (SIGKILL) and comes back on its port with
+    // its store; a goes on accepting events meanwhile.
+    nats.stop();
+    emit_range(1000, 2000).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nats.resume();
+    emit_range(2000, total).await;
+    let mut ws = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("every event arrives")
+        .unwrap();
+    assert!(metric(b.addr, "wsrelay_broker_reconnects_total").await >= 1);
+    assert!(metric(a.addr, "wsrelay_broker_reconnects_total").await >= 1);
+    assert_eq!(metric(a.addr, "wsrelay_broker_events_lost_total").await, 0);
+    // Nothing more than the stream: one more event is the next one.
+    emit_one(a.addr, "job_events-1", &format!(r#"{{"n": {total}}}"#)).await;
+    assert_eq!(next_n(&mut ws).await, total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_on_the_brokers_subjects_are_skipped_and_counted() {
+    let nats = NatsServer::start(false);
+    let b = start(|c| {
+        c.node_id = "b".into();
+        c.backplane_secret = Some(BACKPLANE.into());
+        c.broker = vec![nats.url()];
+        c.broker_replay_window = Duration::ZERO;
+    });
+    broker_ready(&b, false).await;
+    let mut ws = connect(b.addr, &token(1)).await;
+    subscribe(&mut ws, json!({"job_events": [1]})).await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let subject = "wsrelay.g.job_events-1";
+    let good = |node: &str, seq: u64, group: &str, subject: &str, secret: &str| {
+        let mut w = wsrelay::backplane::wire::BrokerWriter::start(node, 9, group);
+        w.push(seq, format!(r#"{{"n": {seq}}}"#).as_bytes());
+        wsrelay::backplane::broker::seal(secret.as_bytes(), subject, &w.finish())
+    };
+    let bad: Vec<(&str, bytes::Bytes)> = vec![
+        // No signature at all, and garbage.
+        ("bad_signature", bytes::Bytes::from_static(b"hello")),
+        // Signed with another secret: an outsider on the broker.
+        (
+            "bad_signature",
+            good("x", 1, "job_events-1", subject, "not-the-secret"),
+        ),
+        // Signed for another subject, moved here.
+        (
+            "bad_signature",
+            good("x", 2, "job_events-1", "wsrelay.g.job_events-2", BACKPLANE),
+        ),
+        // Signed, but its group is not the subject's.
+        (
+            "subject_mismatch",
+            good("x", 3, "job_events-2", subject, BACKPLANE),
+        ),
+        // Signed, but not a broker message.
+        (
+            "malformed",
+            wsrelay::backplane::broker::seal(BACKPLANE.as_bytes(), subject, b"\x10\x01junk"),
+        ),
+        // Signed, but a node name that would become a label.
+        (
+            "bad_node",
+            good("a b\n", 4, "job_events-1", subject, BACKPLANE),
+        ),
+        // This node's own name: never delivered twice.
+        ("own", good("b", 5, "job_events-1", subject, BACKPLANE)),
+    ];
+    for (_, msg) in &bad {
+        client.publish(subject, msg.clone()).await.unwrap();
+    }
+    // A good one after them all is delivered: the node skipped, not died.
+    client
+        .publish(subject, good("x", 6, "job_events-1", subject, BACKPLANE))
+        .await
+        .unwrap();
+    // ... and the same again is a duplicate.
+    client
+        .publish(subject, good("x", 6, "job_events-1", subject, BACKPLANE))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    assert_eq!(next_n(&mut ws).await, 6);
+    for reason in [
+        "bad_signature",
+        "subject_mismatch",
+        "malformed",
+        "bad_node",
+        "own",
+    ] {
+        let n = bad.iter().filter(|(r, _)| *r == reason).count();
+        wait_metric(
+            b.addr,
+            &format!("wsrelay_broker_skipped_total{{reason=\"{reason}\"}} {n}"),
+        )
+        .await;
+    }
+    wait_metric(b.addr, "wsrelay_broker_duplicates_total 1").await;
+    assert_eq!(
+        metric(b.addr, "wsrelay_broker_events_received_total").await,
+        1
+    );
+}
+
+#[test]
+fn a_broker_without_a_backplane_secret_refuses_to_start() {
+    let err = wsrelay::Node::start(wsrelay::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        dev_insecure: true,
+        broker: vec!["nats://127.0.0.1:4222".into()],
+        ..wsrelay::Config::default()
+    })
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("--broker"), "{err}");
+    let err = wsrelay::Node::start(wsrelay::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        dev_insecure: true,
+        backplane_secret: Some(BACKPLANE.into()),
+        broker: vec!["http://127.0.0.1:4222".into()],
+        ..wsrelay::Config::default()
+    })
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("want nats://"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_the_broker_replays_what_it_missed() {
+    // a keeps its connection and publishes (the stream acknowledges);
+    // b's connection is cut for a while, so only a resume from the stream
+    // can bring b what was published meanwhile.
+    let nats = NatsServer::start(true);
+    let relay = support::cut::Cuttable::start(([127, 0, 0, 1], nats.port).into()).await;
+    let a = broker_node("a", &nats);
+    let b = start(|c| {
+        c.node_id = "b".into();
+        c.backplane_secret = Some(BACKPLANE.into());
+        c.broker = vec![format!("nats://{}", relay.addr)];
+    });
+    broker_ready(&a, true).await;
+    broker_ready(&b, true).await;
+    let mut ws = connect(b.addr, &token(1)).await;
+    subscribe(&mut ws, json!({"job_events": [1]})).await;
+    // b samples where the stream stands (once a second) before the cut.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let emit_range = |from: u64, to: u64| {
+        let addr = a.addr;
+        async move {
+            for start in (from..to).step_by(25) {
+                let chunk: Vec<_> = (start..(start + 25).min(to))
+                    .map(|n| ("job_events-1".to_owned(), json!({"n": n})))
+                    .collect();
+                emit_batch(addr, &chunk).await;
+            }
+        }
+    };
+    emit_range(0, 500).await;
+    for want in 0..500 {
+        assert_eq!(next_n(&mut ws).await, want);
+    }
+    relay.cut();
+    wait_metric(b.addr, "wsrelay_broker_up 0").await;
+    emit_range(500, 1000).await;
+    // Acknowledged by the stream while b is away.
+    wait_metric(a.addr, "wsrelay_broker_lag_events 0").await;
+    relay.heal();
+    emit_range(1000, 1500).await;
+    for want in 500..1500 {
+        assert_eq!(next_n(&mut ws).await, want, "order and exactly once");
+    }
+    assert_eq!(metric(b.addr, "wsrelay_broker_resumes_total").await, 1);
+    let replayed = metric(b.addr, "wsrelay_broker_replayed_events_total").await;
+    assert!(
+        replayed >= 500,
+        "the 500 published while away came from the stream: {replayed}"
+    );
+    // The replay overlapped what b had (the margin): skipped, not repeated.
+    assert!(metric(b.addr, "wsrelay_broker_duplicates_total").await > 0);
+    emit_one(a.addr, "job_events-1", r#"{"n": 1500}"#).await;
+    assert_eq!(next_n(&mut ws).await, 1500);
+}
