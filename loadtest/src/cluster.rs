@@ -2,7 +2,9 @@
 //! HTTP) on the first node; viewers connect to the others, so every
 //! delivery crossed the backplane. `--peer-protocol awx-2022` links the
 //! nodes with AWX's form (one JSON frame per event) instead of the native
-//! batched protocol, for comparison in one session.
+//! batched protocol, for comparison in one session. `--backplane nats`
+//! joins the nodes through a private nats-server (JetStream on) instead of
+//! the mesh; its CPU counts in the cluster's.
 
 use crate::storm::{run_scenario, ClusterSpec, RunOptions, Shape};
 
@@ -26,6 +28,9 @@ pub struct Options {
     /// Backplane protocol: native (batched) or awx-2022 (AWX's JSON per event)
     #[arg(long, default_value = "native", value_parser = ["native", "awx-2022"])]
     pub peer_protocol: String,
+    /// How the nodes are joined: a full mesh of links, or a NATS broker
+    #[arg(long, default_value = "mesh", value_parser = ["mesh", "nats"])]
+    pub backplane: String,
     #[command(flatten)]
     pub run: RunOptions,
 }
@@ -41,6 +46,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     run.cluster = Some(ClusterSpec {
         nodes: opts.nodes,
         protocol: opts.peer_protocol.clone(),
+        backplane: opts.backplane.clone(),
     });
     run_scenario("cluster", shape, &run, 20_000)
 }

@@ -78,16 +78,50 @@ pub async fn start(io: &str, workers: usize, extra: &[&str]) -> anyhow::Result<N
 /// The backplane's shared secret in cluster runs.
 pub const BACKPLANE_SECRET: &str = "loadtest-backplane-secret";
 
-/// `n` nodes in a full mesh speaking `protocol` (`native` or `awx-2022`),
-/// each linked to every other before this returns. The first is the one
-/// events are emitted on.
+/// A private `nats-server` with JetStream (store in a temporary folder) on
+/// a free loopback port, killed on drop.
+pub async fn start_nats() -> anyhow::Result<NodeProcess> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let store = std::env::temp_dir().join(format!("loadtest-nats-{}-{port}", std::process::id()));
+    let child = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(&store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting nats-server (apt-get install nats-server)")?;
+    let pid = child.id().context("nats-server pid")?;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("nats-server did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(NodeProcess {
+        _child: child,
+        addr,
+        pid,
+    })
+}
+
+/// `n` nodes joined by `backplane`: a full mesh speaking `protocol`
+/// (`native` or `awx-2022`), each linked to every other, or a private NATS
+/// broker (returned, to live as long as the run), every node's stream
+/// ready, before this returns. The first node is the one events are
+/// emitted on.
 pub async fn start_cluster(
     io: &str,
     workers: usize,
     n: usize,
     protocol: &str,
+    backplane: &str,
     extra: &[&str],
-) -> anyhow::Result<(NodeProcess, Vec<NodeProcess>)> {
+) -> anyhow::Result<(NodeProcess, Vec<NodeProcess>, Option<NodeProcess>)> {
     if n < 2 {
         bail!("a cluster needs at least 2 nodes");
     }
@@ -103,6 +137,11 @@ pub async fn start_cluster(
     } else {
         "awx-2022+"
     };
+    let nats = if backplane == "nats" {
+        Some(start_nats().await?)
+    } else {
+        None
+    };
     let mut nodes = Vec::with_capacity(n);
     for (i, port) in ports.iter().enumerate() {
         let listen = format!("127.0.0.1:{port}");
@@ -115,15 +154,37 @@ pub async fn start_cluster(
             "--backplane-secret".into(),
             BACKPLANE_SECRET.into(),
         ];
-        for (j, p) in ports.iter().enumerate() {
-            if j != i {
-                args.push("--peer".into());
-                args.push(format!("{prefix}ws://127.0.0.1:{p}"));
+        if let Some(nats) = &nats {
+            args.push("--broker".into());
+            args.push(format!("nats://{}", nats.addr));
+        } else {
+            for (j, p) in ports.iter().enumerate() {
+                if j != i {
+                    args.push("--peer".into());
+                    args.push(format!("{prefix}ws://127.0.0.1:{p}"));
+                }
             }
         }
         let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
         args.extend_from_slice(extra);
         nodes.push(start(io, workers, &args).await?);
+    }
+    if nats.is_some() {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for n in &nodes {
+            while !metrics(n.addr)
+                .await?
+                .lines()
+                .any(|l| l == "wsrelay_broker_jetstream 1")
+            {
+                if Instant::now() > deadline {
+                    bail!("node {} never reached the broker's stream", n.addr);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let first = nodes.remove(0);
+        return Ok((first, nodes, nats));
     }
     // Every other node has the emitting node's link up.
     let line = if protocol == "native" {
@@ -141,7 +202,7 @@ pub async fn start_cluster(
         }
     }
     let first = nodes.remove(0);
-    Ok((first, nodes))
+    Ok((first, nodes, None))
 }
 
 /// Counters that say where a run lost events: report key, metric prefix.
@@ -180,7 +241,8 @@ pub async fn metric_sum(addr: std::net::SocketAddr, prefix: &str) -> Option<u64>
     )
 }
 
-/// Events and bytes a node has sent over all its links so far.
+/// Events and bytes a node has sent to the rest of the cluster so far:
+/// over all its links, and to the broker.
 pub async fn backplane_sent(addr: std::net::SocketAddr) -> Option<(u64, u64)> {
     let text = metrics(addr).await.ok()?;
     let sum = |name: &str| -> u64 {
@@ -190,8 +252,8 @@ pub async fn backplane_sent(addr: std::net::SocketAddr) -> Option<(u64, u64)> {
             .sum()
     };
     Some((
-        sum("wsrelay_backplane_events_sent_total{"),
-        sum("wsrelay_backplane_bytes_sent_total{"),
+        sum("wsrelay_backplane_events_sent_total{") + sum("wsrelay_broker_events_published_total "),
+        sum("wsrelay_backplane_bytes_sent_total{") + sum("wsrelay_broker_bytes_published_total "),
     ))
 }
 

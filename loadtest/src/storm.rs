@@ -117,6 +117,8 @@ pub struct ClusterSpec {
     pub nodes: usize,
     /// `native`, or `awx-2022` (AWX's form: one JSON frame per event).
     pub protocol: String,
+    /// `mesh` (links between every two nodes) or `nats` (a broker).
+    pub backplane: String,
 }
 
 /// The storm's shape.
@@ -265,6 +267,7 @@ impl Report {
             "uring_submissions_per_delivery": self.uring_submissions_per_delivery,
             "nodes": opts.cluster.as_ref().map_or(1, |c| c.nodes),
             "peer_protocol": opts.cluster.as_ref().map(|c| c.protocol.clone()),
+            "backplane": opts.cluster.as_ref().map(|c| c.backplane.clone()),
             "backplane_events_per_sec": self.backplane_events_per_sec,
             "backplane_bytes_per_sec": self.backplane_bytes_per_sec,
             "node_losses": self.node_losses,
@@ -570,6 +573,7 @@ async fn once(
     };
     let mut inproc = None;
     let mut others: Vec<node::NodeProcess> = Vec::new();
+    let mut broker: Option<node::NodeProcess> = None;
     let extra: Vec<&str> = opts.node_args.iter().map(String::as_str).collect();
     let node = match (&redis, opts.target.as_str()) {
         (Some(r), "awx-reference") => node::start_awx_reference(&r.url()).await?,
@@ -589,9 +593,11 @@ async fn once(
             if opts.producer != "http" || opts.target != "wsrelay" {
                 bail!("the cluster scenario emits over HTTP to wsrelay nodes");
             }
-            let (first, rest) =
-                node::start_cluster(io, workers, cl.nodes, &cl.protocol, &extra).await?;
+            let (first, rest, nats) =
+                node::start_cluster(io, workers, cl.nodes, &cl.protocol, &cl.backplane, &extra)
+                    .await?;
             others = rest;
+            broker = nats;
             first
         }
         (None, _) => node::start(io, workers, &extra).await?,
@@ -603,8 +609,10 @@ async fn once(
     } else {
         others.iter().map(|n| n.addr).collect()
     };
+    // The broker's CPU is the cluster's too.
     let pids: Vec<u32> = std::iter::once(node.pid)
         .chain(others.iter().map(|n| n.pid))
+        .chain(broker.iter().map(|n| n.pid))
         .collect();
     let cpu_all = || -> Option<f64> { pids.iter().map(|&p| node::cpu_seconds(p)).sum() };
     let rss_all = || -> Option<u64> { pids.iter().map(|&p| node::rss_bytes(p)).sum() };

@@ -95,8 +95,8 @@ async fn measure(opts: &Options) -> anyhow::Result<serde_json::Value> {
         "10000000",
     ];
     let (node, _others) = if opts.peer {
-        let (first, mut rest) =
-            node::start_cluster(&opts.io, opts.workers, 2, "native", &extra).await?;
+        let (first, mut rest, _) =
+            node::start_cluster(&opts.io, opts.workers, 2, "native", "mesh", &extra).await?;
         // Clients on the second node: its subscribes wait for the first.
         (rest.remove(0), vec![first])
     } else {

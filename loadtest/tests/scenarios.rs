@@ -444,6 +444,43 @@ fn cluster_is_lossless_across_the_backplane_in_both_protocols() {
 }
 
 #[test]
+fn cluster_over_a_nats_broker_is_lossless_and_sends_each_event_once() {
+    let report = run(
+        "cluster-nats",
+        &[
+            "cluster",
+            "--backplane",
+            "nats",
+            "--nodes",
+            "3",
+            "--jobs",
+            "2",
+            "--viewers",
+            "4",
+            "--rate",
+            "300",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--io",
+            "epoll",
+        ],
+    );
+    check_runs(&report, &["epoll"], 300 * 4);
+    let r = &report["runs"][0];
+    assert_eq!(r["backplane"], "nats", "{r}");
+    // The emitting node sent each event once (to the broker), not once
+    // per other node as the mesh does: about the offered rate.
+    let sent = r["backplane_events_per_sec"].as_f64().unwrap();
+    let offered = r["achieved_rate"].as_f64().unwrap();
+    assert!(
+        sent > 0.5 * offered && sent < 1.5 * offered,
+        "{sent} sent for {offered} offered: {r}"
+    );
+}
+
+#[test]
 fn connects_through_awx_api_cost_one_call_per_session() {
     let io = if wsrelay::probe_uring().is_ok() {
         "uring"
