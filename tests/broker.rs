@@ -307,3 +307,88 @@ async fn a_node_cut_off_from_the_broker_replays_what_it_missed() {
     emit_one(a.addr, "job_events-1", r#"{"n": 1500}"#).await;
     assert_eq!(next_n(&mut ws).await, 1500);
 }
+
+/// Links `a` and `b` both ways with native links and waits until both
+/// directions are up on both.
+async fn link(a: (&str, &TestNode), b: (&str, &TestNode)) {
+    let spec =
+        |n: &TestNode| wsrelay::backplane::PeerSpec::parse(&format!("ws://{}", n.addr)).unwrap();
+    a.1.node.set_peers(vec![spec(b.1)]);
+    b.1.node.set_peers(vec![spec(a.1)]);
+    for ((_, n), (other, o)) in [(a, b), (b, a)] {
+        wait_metric(
+            n.addr,
+            &format!(
+                "wsrelay_backplane_link_up{{peer=\"{}\",direction=\"out\"}} 1",
+                o.addr
+            ),
+        )
+        .await;
+        wait_metric(
+            n.addr,
+            &format!("wsrelay_backplane_link_up{{peer=\"{other}\",direction=\"in\"}} 1"),
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_cluster_delivers_each_event_exactly_once() {
+    // a and b share the broker; c is on no broker and is linked natively
+    // with a only (as an AWX node would be with the wsrelay node next to
+    // it). Events from any node reach every client once: c's through a's
+    // link (a passes nothing on), a's both ways, b's through the broker
+    // only (b has no link to c, so c's clients do not get b's events:
+    // that is the configuration's, not a loss).
+    let nats = NatsServer::start(true);
+    let a = broker_node("a", &nats);
+    let b = broker_node("b", &nats);
+    let c = start(|cfg| {
+        cfg.node_id = "c".into();
+        cfg.backplane_secret = Some(BACKPLANE.into());
+    });
+    broker_ready(&a, true).await;
+    broker_ready(&b, true).await;
+    link(("a", &a), ("c", &c)).await;
+    let mut clients = Vec::new();
+    for n in [&a, &b, &c] {
+        let mut ws = connect(n.addr, &token(1)).await;
+        subscribe(&mut ws, json!({"job_events": [1]})).await;
+        clients.push(ws);
+    }
+    for n in 0..100u64 {
+        emit_one(a.addr, "job_events-1", &format!(r#"{{"n": {n}}}"#)).await;
+    }
+    for n in 100..200u64 {
+        emit_one(c.addr, "job_events-1", &format!(r#"{{"n": {n}}}"#)).await;
+    }
+    for n in 200..300u64 {
+        emit_one(b.addr, "job_events-1", &format!(r#"{{"n": {n}}}"#)).await;
+    }
+    // Each source's events in its order; sources interleave as their
+    // paths' latencies have it (no order across nodes is promised).
+    // a's client: a, c (link) and b (broker); b's: a and b (no link to
+    // c); c's: a (link) and c.
+    let sources: [&[u64]; 3] = [&[0, 1, 2], &[0, 2], &[0, 1]];
+    for (ws, sources) in clients.iter_mut().zip(sources) {
+        let mut got = Vec::new();
+        for _ in 0..sources.len() * 100 {
+            got.push(next_n(ws).await);
+        }
+        for &source in sources {
+            let mine: Vec<u64> = got.iter().copied().filter(|n| n / 100 == source).collect();
+            assert_eq!(mine, (source * 100..source * 100 + 100).collect::<Vec<_>>());
+        }
+    }
+    // And nothing more anywhere: a marker emitted last on each node is the
+    // next thing each client sees.
+    emit_one(a.addr, "job_events-1", r#"{"n": 1000}"#).await;
+    for ws in clients.iter_mut() {
+        assert_eq!(next_n(ws).await, 1000);
+    }
+    // c's events never went to the broker: a published its own 100 + 1.
+    assert_eq!(
+        metric(a.addr, "wsrelay_broker_events_published_total").await,
+        101
+    );
+}
