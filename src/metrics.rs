@@ -156,6 +156,9 @@ pub struct BrokerMetrics {
     /// Resumes after a lost connection: replayed from the stream.
     pub resumes: Counter,
     pub replayed: Counter,
+    /// Native links found to join two nodes that share the broker (they
+    /// carry no events).
+    pub redundant_links: Counter,
     skipped: Family<Labels, Counter>,
 }
 
@@ -234,6 +237,11 @@ impl BrokerMetrics {
                 registry,
                 "broker_replayed_events",
                 "Events a resume delivered that the live subscription had missed",
+            ),
+            redundant_links: c(
+                registry,
+                "broker_redundant_links",
+                "Native links to nodes on the same broker: they carry no events (the broker does)",
             ),
             skipped,
         }

@@ -308,27 +308,31 @@ async fn a_node_cut_off_from_the_broker_replays_what_it_missed() {
     assert_eq!(next_n(&mut ws).await, 1500);
 }
 
-/// Links `a` and `b` both ways with native links and waits until both
-/// directions are up on both.
-async fn link(a: (&str, &TestNode), b: (&str, &TestNode)) {
+/// Gives each node its native peers and waits until every link is up in
+/// both directions on both ends.
+async fn links(nodes: &[(&str, &TestNode, &[&TestNode])]) {
     let spec =
         |n: &TestNode| wsrelay::backplane::PeerSpec::parse(&format!("ws://{}", n.addr)).unwrap();
-    a.1.node.set_peers(vec![spec(b.1)]);
-    b.1.node.set_peers(vec![spec(a.1)]);
-    for ((_, n), (other, o)) in [(a, b), (b, a)] {
-        wait_metric(
-            n.addr,
-            &format!(
-                "wsrelay_backplane_link_up{{peer=\"{}\",direction=\"out\"}} 1",
-                o.addr
-            ),
-        )
-        .await;
-        wait_metric(
-            n.addr,
-            &format!("wsrelay_backplane_link_up{{peer=\"{other}\",direction=\"in\"}} 1"),
-        )
-        .await;
+    for (_, n, peers) in nodes {
+        n.node.set_peers(peers.iter().map(|p| spec(p)).collect());
+    }
+    for (_, n, peers) in nodes {
+        for o in peers.iter() {
+            let name = nodes.iter().find(|(_, x, _)| x.addr == n.addr).unwrap().0;
+            wait_metric(
+                n.addr,
+                &format!(
+                    "wsrelay_backplane_link_up{{peer=\"{}\",direction=\"out\"}} 1",
+                    o.addr
+                ),
+            )
+            .await;
+            wait_metric(
+                o.addr,
+                &format!("wsrelay_backplane_link_up{{peer=\"{name}\",direction=\"in\"}} 1"),
+            )
+            .await;
+        }
     }
 }
 
@@ -336,10 +340,12 @@ async fn link(a: (&str, &TestNode), b: (&str, &TestNode)) {
 async fn a_mixed_cluster_delivers_each_event_exactly_once() {
     // a and b share the broker; c is on no broker and is linked natively
     // with a only (as an AWX node would be with the wsrelay node next to
-    // it). Events from any node reach every client once: c's through a's
-    // link (a passes nothing on), a's both ways, b's through the broker
-    // only (b has no link to c, so c's clients do not get b's events:
-    // that is the configuration's, not a loss).
+    // it). a and b are linked natively as well, by mistake: that link
+    // must carry no events, or b would get a's twice. Events from any
+    // node reach every client once: c's through a's link (a passes
+    // nothing on), a's both ways, b's through the broker only (b has no
+    // link to c, so c's clients do not get b's events: that is the
+    // configuration's, not a loss).
     let nats = NatsServer::start(true);
     let a = broker_node("a", &nats);
     let b = broker_node("b", &nats);
@@ -349,7 +355,10 @@ async fn a_mixed_cluster_delivers_each_event_exactly_once() {
     });
     broker_ready(&a, true).await;
     broker_ready(&b, true).await;
-    link(("a", &a), ("c", &c)).await;
+    links(&[("a", &a, &[&b, &c]), ("b", &b, &[&a]), ("c", &c, &[&a])]).await;
+    // Each of a and b found the other on the broker.
+    wait_metric(a.addr, "wsrelay_broker_redundant_links_total 1").await;
+    wait_metric(b.addr, "wsrelay_broker_redundant_links_total 1").await;
     let mut clients = Vec::new();
     for n in [&a, &b, &c] {
         let mut ws = connect(n.addr, &token(1)).await;

@@ -153,6 +153,69 @@ pub fn open<'a>(secret: &[u8], subject: &str, msg: &'a [u8]) -> Option<&'a [u8]>
     Some(body)
 }
 
+/// Asks the broker whether a node is on it too: such a node gets this
+/// node's events from the broker, so a native link to it must not carry
+/// them as well. The answer is signed over a fresh nonce: a publisher
+/// without the secret cannot claim to be a node (and so mute a link).
+#[derive(Clone)]
+pub struct Presence {
+    client: Client,
+    prefix: String,
+    secret: String,
+}
+
+impl Presence {
+    fn subject(prefix: &str, node: &str) -> String {
+        format!("{prefix}.node.{node}")
+    }
+
+    fn proof(secret: &str, node: &str, nonce: &[u8]) -> HmacSha256 {
+        use hmac::Mac;
+        let mut m =
+            HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+        m.update(b"wsrelay.presence.v1\n");
+        m.update(node.as_bytes());
+        m.update(b"\n");
+        m.update(nonce);
+        m
+    }
+
+    /// Whether `node` answers on the broker within a second.
+    pub async fn is_member(&self, node: &str) -> bool {
+        use hmac::Mac;
+        if !is_node_name(node) {
+            return false;
+        }
+        let nonce: [u8; 16] = rand::random();
+        let ask = self.client.request(
+            Self::subject(&self.prefix, node),
+            Bytes::copy_from_slice(&nonce),
+        );
+        match tokio::time::timeout(Duration::from_secs(1), ask).await {
+            Ok(Ok(reply)) => Self::proof(&self.secret, node, &nonce)
+                .verify_slice(&reply.payload)
+                .is_ok(),
+            _ => false,
+        }
+    }
+}
+
+/// Answers presence questions about this node.
+async fn answer_presence(client: Client, prefix: String, node: String, secret: String) {
+    use hmac::Mac;
+    let Ok(mut sub) = client.subscribe(Presence::subject(&prefix, &node)).await else {
+        return;
+    };
+    while let Some(msg) = sub.next().await {
+        if let Some(reply) = msg.reply {
+            let proof = Presence::proof(&secret, &node, &msg.payload)
+                .finalize()
+                .into_bytes();
+            let _ = client.publish(reply, Bytes::copy_from_slice(&proof)).await;
+        }
+    }
+}
+
 /// The subject a group's events travel on. Group names made only of
 /// letters, digits, `-` and `_` (all of AWX's) are used as they are;
 /// anything else is hex after a `~`, which no plain name starts with.
@@ -476,7 +539,19 @@ async fn run(ctx: Rc<Ctx>, mut stop: watch::Receiver<bool>) {
             }
         }
     };
+    let _ = ctx.bp.presence.set(Presence {
+        client: client.clone(),
+        prefix: ctx.settings.prefix.clone(),
+        secret: ctx.secret.clone(),
+    });
     let tasks = [
+        tokio::task::spawn_local(answer_presence(
+            client.clone(),
+            ctx.settings.prefix.clone(),
+            ctx.bp.node_id.clone(),
+            ctx.secret.clone(),
+        ))
+        .abort_handle(),
         tokio::task::spawn_local(setup).abort_handle(),
         tokio::task::spawn_local(publish(
             ctx.clone(),

@@ -656,6 +656,21 @@ async fn native(
         return Err(LinkError::Protocol("expected a welcome"));
     };
     tracing::debug!(peer = sink.label, node, ?resume, "welcome");
+    // Two nodes on the same broker get each other's events from it; this
+    // link would deliver them twice. It stays up (interest, health) but
+    // carries nothing.
+    if let Some(presence) = ctx.bp.presence.get() {
+        let both = presence.is_member(node).await;
+        if both {
+            ctx.bp.metrics.broker.redundant_links.inc();
+            tracing::info!(
+                peer = sink.label,
+                node,
+                "peer is on the broker too: this link carries no events"
+            );
+        }
+        sink.mute(both);
+    }
     sink.connected(resume);
     count_sink(sink, m);
 

@@ -112,6 +112,9 @@ pub struct Backplane {
     pub limits: InterestLimits,
     /// Native dial nonces seen within the window: each is accepted once.
     pub replays: Mutex<handshake::Replays>,
+    /// Set once the broker backplane runs: asks whether a peer is on the
+    /// broker too (then a native link to it carries no events).
+    pub presence: std::sync::OnceLock<broker::Presence>,
 }
 
 impl Backplane {
@@ -125,6 +128,7 @@ impl Backplane {
         Self {
             limits,
             replays: Mutex::new(handshake::Replays::default()),
+            presence: std::sync::OnceLock::new(),
             node_id,
             incarnation: rand::random::<u64>() | 1,
             secret,

@@ -82,6 +82,9 @@ pub struct Sink {
     state: Mutex<State>,
     /// Signalled when events arrive (a stored permit: none is missed).
     ready: Notify,
+    /// Takes no events: the peer gets them another way (both nodes are on
+    /// the broker), and a second path would deliver them twice.
+    muted: std::sync::atomic::AtomicBool,
 }
 
 impl Sink {
@@ -98,7 +101,14 @@ impl Sink {
                 counts: SinkCounts::default(),
             }),
             ready: Notify::new(),
+            muted: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Stops (or resumes) taking events for this peer.
+    pub fn mute(&self, muted: bool) {
+        self.muted
+            .store(muted, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -190,6 +200,9 @@ impl Sink {
     /// Queues the events this sink's peer wants; `payloads` holds one
     /// shared copy per event, made on first need.
     fn offer(&self, events: &[(&str, &[u8])], payloads: &mut [Option<(Arc<str>, Bytes)>]) -> bool {
+        if self.muted.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
         let mut s = self.lock();
         let mut any = false;
         for ((group, payload), shared) in events.iter().zip(payloads.iter_mut()) {
