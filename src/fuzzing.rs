@@ -119,8 +119,23 @@ pub fn emit_body(data: &[u8]) {
     }
 }
 
-/// A native peer message; what decodes re-encodes to the same meaning.
+/// A native peer message, or a broker message (the same bytes tried as
+/// both); what decodes re-encodes to the same meaning.
 pub fn peer_wire(data: &[u8]) {
+    if let Ok(b) = wire::decode_broker(data) {
+        assert!(!b.group.is_empty());
+        let mut w = wire::BrokerWriter::start(b.node, b.incarnation, b.group);
+        let mut last = 0;
+        for (seq, p) in b.events.clone() {
+            assert!(seq > last, "sequences rise");
+            last = seq;
+            assert!(std::str::from_utf8(p).is_ok());
+            w.push(seq, p);
+        }
+        let again = w.finish();
+        let b2 = wire::decode_broker(&again).expect("a decoded broker message re-encodes");
+        assert_eq!(b2.events.len(), b.events.len());
+    }
     let Ok(m) = wire::decode(data) else {
         return;
     };
