@@ -159,6 +159,8 @@ pub struct BrokerMetrics {
     /// Native links found to join two nodes that share the broker (they
     /// carry no events).
     pub redundant_links: Counter,
+    /// Times the client dropped messages this node did not take in time.
+    pub slow_consumer: Counter,
     skipped: Family<Labels, Counter>,
 }
 
@@ -242,6 +244,11 @@ impl BrokerMetrics {
                 registry,
                 "broker_redundant_links",
                 "Native links to nodes on the same broker: they carry no events (the broker does)",
+            ),
+            slow_consumer: c(
+                registry,
+                "broker_slow_consumer",
+                "Times the NATS client dropped messages this node did not take in time (events lost here)",
             ),
             skipped,
         }

@@ -52,6 +52,11 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 const CHECKPOINTS: usize = 64;
 /// Messages waiting between the subscriptions and the delivery loop.
 const INBOX: usize = 4096;
+/// Messages the client buffers per subscription before the delivery loop
+/// takes them (async-nats's default is 65,536): past it the client drops
+/// and reports a slow consumer, counted. Each message is at most the
+/// server's `max_payload`.
+const PER_SUBSCRIPTION: usize = 1024;
 /// Sending runs remembered per group for de-duplication.
 const RUNS_PER_GROUP: usize = 64;
 /// What a broker message may carry besides the events (names, counts).
@@ -422,6 +427,7 @@ async fn run(ctx: Rc<Ctx>, mut stop: watch::Receiver<bool>) {
         .name(format!("wsrelay {}", ctx.bp.node_id))
         .no_echo()
         .retry_on_initial_connect()
+        .subscription_capacity(PER_SUBSCRIPTION)
         .connection_timeout(ctx.settings.connect_timeout)
         .event_callback(move |e| {
             let ev_tx = ev_tx.clone();
@@ -472,6 +478,7 @@ async fn run(ctx: Rc<Ctx>, mut stop: watch::Receiver<bool>) {
                         let _ = events_tx.send(Incoming::Lost(Instant::now())).await;
                     }
                     async_nats::Event::SlowConsumer(_) => {
+                        m.slow_consumer.inc();
                         tracing::warn!("broker: this node fell behind a subscription; the broker dropped messages for it");
                     }
                     other => tracing::debug!(event = %other, "broker event"),
