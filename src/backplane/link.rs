@@ -4,6 +4,11 @@
 //! header, speaks the peer's protocol, and on any failure waits with
 //! exponential backoff and jitter and dials again, forever, until the peer
 //! is removed or the node stops.
+//!
+//! This file holds what every form shares (dialling, TLS, the upgrade,
+//! backoff, framing, the read loop); each form's own conversation is a
+//! file under `link/`: `native.rs`, `awx_form.rs` (AWX's two forms and its
+//! stats key).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,17 +22,23 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
 
-use super::awx::{self, Era};
+use super::awx::Era;
 use super::heartbeat::{self, HeartbeatSettings};
-use super::outbox::{Interest, Pending, Sink, SinkLimits};
+use super::outbox::{Interest, Sink, SinkLimits};
 use super::peer::{PeerProtocol, PeerSpec};
-use super::wire::{self, EventsWriter, PeerMessage};
+use super::wire;
 use super::{handshake, secret, Backplane};
 use crate::config::{Config, ConfigError};
 use crate::fanout::Router;
 use crate::metrics::LinkMetrics;
-use crate::protocol::frame::{self, client::MAX_HEADER, opcode, Decoder, Message, Role};
+use crate::protocol::frame::{self, opcode, Decoder, Message, Role};
 use crate::protocol::http;
+
+mod awx_form;
+mod native;
+
+use awx_form::{awx_broadcast, awx_relay, write_awx_stats};
+use native::native;
 
 /// Why a link attempt or a running link ended. Logged; the link retries.
 #[derive(Debug, thiserror::Error)]
@@ -637,306 +648,12 @@ async fn write_control(w: &mut Writer, out: &Shared) -> Result<(), LinkError> {
 
 // === native ===
 
-async fn native(
-    ctx: &LinkCtx,
-    conn: (Reader, Writer),
-    sink: &Arc<Sink>,
-    m: &LinkMetrics,
-) -> Result<(), LinkError> {
-    let (mut r, mut w) = conn;
-    let hello = wire::hello(&ctx.bp.node_id, ctx.bp.incarnation);
-    w.send(opcode::BINARY, &hello).await?;
-    let welcome = timeout(ctx.settings.connect_timeout, next_message(&mut r))
-        .await
-        .map_err(|_| LinkError::Protocol("no welcome"))??;
-    let Message::Binary(welcome) = welcome else {
-        return Err(LinkError::Protocol("expected a welcome"));
-    };
-    let PeerMessage::Welcome { node, resume, .. } = wire::decode(&welcome)? else {
-        return Err(LinkError::Protocol("expected a welcome"));
-    };
-    tracing::debug!(peer = sink.label, node, ?resume, "welcome");
-    // Two nodes on the same broker get each other's events from it; this
-    // link would deliver them twice. It stays up (interest, health) but
-    // carries nothing.
-    if let Some(presence) = ctx.bp.presence.get() {
-        let both = presence.is_member(node).await;
-        if both {
-            ctx.bp.metrics.broker.redundant_links.inc();
-            tracing::info!(
-                peer = sink.label,
-                node,
-                "peer is on the broker too: this link carries no events"
-            );
-        }
-        sink.mute(both);
-    }
-    sink.connected(resume);
-    count_sink(sink, m);
-
-    let out = Shared::default();
-    let wake = || sink.wake();
-    let reader = read_loop(
-        &mut r,
-        &out,
-        &wake,
-        ctx.settings.ping_interval,
-        |msg| async {
-            let Message::Binary(b) = msg else {
-                return Err(LinkError::Protocol("text frame on a native link"));
-            };
-            match wire::decode(&b)? {
-                PeerMessage::Interest {
-                    epoch,
-                    full,
-                    added,
-                    removed,
-                } => {
-                    let changed =
-                        ctx.bp
-                            .set_interest(sink, full, &added, &removed)
-                            .map_err(|_| {
-                                LinkError::Protocol(
-                                "peer interest refused: bad name or past the node's group limit",
-                            )
-                            })?;
-                    // With Redis, "applied" includes this node's memberships
-                    // there: the peer's subscribe reply then also covers
-                    // events AWX's producers write here. Bounded.
-                    if let (Some(ours), Some(ack)) = (changed, &ctx.redis_ack) {
-                        let _ = timeout(
-                            ctx.settings.ack_timeout,
-                            ack.clone().wait_for(|e| *e >= ours),
-                        )
-                        .await;
-                    }
-                    out.borrow_mut().interest_ack = Some(epoch);
-                    sink.wake();
-                    Ok(())
-                }
-                PeerMessage::Ack { seq } => {
-                    sink.ack(seq);
-                    m.resend_depth.set(sink.depth() as i64);
-                    Ok(())
-                }
-                _ => Err(LinkError::Protocol("unexpected message from receiver")),
-            }
-        },
-    );
-    let writer = async {
-        let mut batch: Vec<Pending> = Vec::new();
-        let mut scratch = BytesMut::new();
-        loop {
-            if !sink.has_unsent() {
-                sink.ready().await;
-            }
-            write_control(&mut w, &out).await?;
-            if !sink.has_unsent() {
-                continue;
-            }
-            // Let a batch fill for a moment unless it is already full.
-            if !ctx.settings.flush_delay.is_zero() {
-                tokio::time::sleep(ctx.settings.flush_delay).await;
-            }
-            while sink.has_unsent() {
-                batch.clear();
-                sink.take(
-                    &mut batch,
-                    ctx.settings.batch_events,
-                    ctx.settings.batch_bytes,
-                );
-                let Some(first) = batch.first() else { break };
-                let mut events =
-                    EventsWriter::start(std::mem::take(&mut scratch), MAX_HEADER, first.seq);
-                for p in &batch {
-                    events.push(&p.group, &p.payload);
-                }
-                let n = events.count() as u64;
-                let (body, _) = events.finish();
-                let framed = frame::client::frame_in_place(body, opcode::BINARY, w.key());
-                w.wr.write_all(&framed).await?;
-                m.events_sent.inc_by(n);
-                m.bytes_sent.inc_by(framed.len() as u64);
-                m.batch_events.observe(n as f64);
-                count_sink(sink, m);
-                // Reuse the allocation when the frame is ours alone again.
-                if let Ok(b) = framed.try_into_mut() {
-                    scratch = b;
-                }
-            }
-        }
-        #[allow(unreachable_code)]
-        Ok::<(), LinkError>(())
-    };
-    tokio::select! {
-        r = reader => r,
-        r = writer => r,
-    }
-}
-
 fn count_sink(sink: &Sink, m: &LinkMetrics) {
     let c = sink.take_counts();
     m.evicted.inc_by(c.evicted);
     m.discarded.inc_by(c.discarded);
     m.resend_depth.set(sink.depth() as i64);
 }
-
-// === AWX 2022: we push what the dialed node subscribed to ===
-
-async fn awx_relay(
-    ctx: &LinkCtx,
-    conn: (Reader, Writer),
-    sink: &Arc<Sink>,
-    m: &LinkMetrics,
-) -> Result<(), LinkError> {
-    let (mut r, mut w) = conn;
-    // AWX loses what was sent while its link was down, and its relay sends
-    // the whole subscription again on connect: start from an empty set.
-    let _ = ctx.bp.set_interest(sink, true, &[], &[]);
-    sink.connected(None);
-    count_sink(sink, m);
-    let out = Shared::default();
-    let wake = || sink.wake();
-    let reader = read_loop(&mut r, &out, &wake, ctx.settings.ping_interval, |msg| {
-        if let Message::Text(t) = msg {
-            match awx::decode_consumer(&t) {
-                Ok(Some(change)) => {
-                    let groups: Vec<&str> = change.groups.iter().map(String::as_str).collect();
-                    let r = if change.subscribe {
-                        ctx.bp.set_interest(sink, false, &groups, &[])
-                    } else {
-                        ctx.bp.set_interest(sink, false, &[], &groups)
-                    };
-                    // AWX's form has no way to refuse: skipped and counted.
-                    if let Err(e) = r {
-                        m.skipped.inc();
-                        tracing::warn!(peer = sink.label, error = %e, "AWX consumer change refused");
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    m.skipped.inc();
-                    tracing::debug!(peer = sink.label, error = %e, "unreadable AWX message");
-                }
-            }
-        }
-        std::future::ready(Ok(()))
-    });
-    let writer = async {
-        let mut batch: Vec<Pending> = Vec::new();
-        loop {
-            if !sink.has_unsent() {
-                sink.ready().await;
-            }
-            write_control(&mut w, &out).await?;
-            while sink.has_unsent() {
-                batch.clear();
-                sink.take(
-                    &mut batch,
-                    ctx.settings.batch_events,
-                    ctx.settings.batch_bytes,
-                );
-                let mut bytes = 0;
-                for p in &batch {
-                    let text = awx::relay_envelope(&p.group, &p.payload);
-                    bytes += w.send(opcode::TEXT, &text).await?;
-                }
-                sink.ack_sent();
-                m.events_sent.inc_by(batch.len() as u64);
-                m.bytes_sent.inc_by(bytes as u64);
-                m.batch_events.observe(1.0);
-                count_sink(sink, m);
-            }
-        }
-        #[allow(unreachable_code)]
-        Ok::<(), LinkError>(())
-    };
-    tokio::select! {
-        r = reader => r,
-        r = writer => r,
-    }
-}
-
-// === AWX 2020: the dialed node sends us its every local event ===
-
-async fn awx_broadcast(
-    ctx: &LinkCtx,
-    conn: (Reader, Writer),
-    spec: &PeerSpec,
-    m: &LinkMetrics,
-) -> Result<(), LinkError> {
-    let (mut r, mut w) = conn;
-    ctx.bp.stats.connected(&spec.host, unix_now());
-    let out = Shared::default();
-    let ready = tokio::sync::Notify::new();
-    let wake = || ready.notify_one();
-    // Borrowed, not cloned: this runs once per received event.
-    let (bp, router, host) = (&*ctx.bp, &*ctx.router, spec.host.as_str());
-    let max_group = ctx.settings.max_group_name;
-    let reader = read_loop(
-        &mut r,
-        &out,
-        &wake,
-        ctx.settings.ping_interval,
-        |msg| async move {
-            let Message::Text(t) = msg else {
-                return Ok(());
-            };
-            super::receive_awx_event(bp, router, m, host, &t, max_group)
-                .await
-                .map_err(|_| LinkError::Stopping)
-        },
-    );
-    let writer = async {
-        loop {
-            ready.notified().await;
-            write_control(&mut w, &out).await?;
-        }
-        #[allow(unreachable_code)]
-        Ok::<(), LinkError>(())
-    };
-    tokio::select! {
-        r = reader => r,
-        r = writer => r,
-    }
-}
-
-// === AWX stats ===
-
-/// Writes AWX's `broadcast_websocket_stats` key every 5 s, as AWX's relay
-/// does, so AWX's metrics endpoint keeps reporting the backplane.
-async fn write_awx_stats(bp: Arc<Backplane>, url: String, mut stop: watch::Receiver<bool>) {
-    let client = match deadpool_redis::redis::Client::open(url.as_str()) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot write broadcast_websocket_stats");
-            return;
-        }
-    };
-    let mut conn = None;
-    loop {
-        if conn.is_none() {
-            conn = client.get_multiplexed_async_connection().await.ok();
-        }
-        if let Some(c) = conn.as_mut() {
-            let text = bp.stats.render(unix_now());
-            let r: Result<(), _> = deadpool_redis::redis::cmd("SET")
-                .arg(super::stats::REDIS_KEY)
-                .arg(text)
-                .query_async(c)
-                .await;
-            if r.is_err() {
-                conn = None;
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(super::stats::INTERVAL_SECS)) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-    }
-}
-
-// === TLS ===
 
 pub fn unix_now() -> u64 {
     SystemTime::now()
