@@ -45,6 +45,16 @@ async fn emit_batch(addr: std::net::SocketAddr, events: &[(String, Value)]) {
     assert_eq!(status, 200, "{reply}");
 }
 
+/// Emits `{"n": from..to}` to `job_events-1`, `per` events a request.
+async fn emit_range(addr: std::net::SocketAddr, from: u64, to: u64, per: usize) {
+    for start in (from..to).step_by(per) {
+        let chunk: Vec<_> = (start..(start + per as u64).min(to))
+            .map(|n| ("job_events-1".to_owned(), json!({"n": n})))
+            .collect();
+        emit_batch(addr, &chunk).await;
+    }
+}
+
 async fn next_n(ws: &mut Ws) -> u64 {
     let v = next_json(ws).await;
     v["n"]
@@ -112,25 +122,14 @@ async fn a_broker_restart_mid_stream_loses_and_repeats_nothing() {
         }
         ws
     });
-    let emit_range = |from: u64, to: u64| {
-        let addr = a.addr;
-        async move {
-            for start in (from..to).step_by(50) {
-                let chunk: Vec<_> = (start..(start + 50).min(to))
-                    .map(|n| ("job_events-1".to_owned(), json!({"n": n})))
-                    .collect();
-                emit_batch(addr, &chunk).await;
-            }
-        }
-    };
-    emit_range(0, 1000).await;
+    emit_range(a.addr, 0, 1000, 50).await;
     // The broker dies mid-storm (SIGKILL) and comes back on its port with
     // its store; a goes on accepting events meanwhile.
     nats.stop();
-    emit_range(1000, 2000).await;
+    emit_range(a.addr, 1000, 2000, 50).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     nats.resume();
-    emit_range(2000, total).await;
+    emit_range(a.addr, 2000, total, 50).await;
     let mut ws = tokio::time::timeout(Duration::from_secs(60), reader)
         .await
         .expect("every event arrives")
@@ -271,28 +270,17 @@ async fn a_node_cut_off_from_the_broker_replays_what_it_missed() {
     subscribe(&mut ws, json!({"job_events": [1]})).await;
     // b samples where the stream stands (once a second) before the cut.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let emit_range = |from: u64, to: u64| {
-        let addr = a.addr;
-        async move {
-            for start in (from..to).step_by(25) {
-                let chunk: Vec<_> = (start..(start + 25).min(to))
-                    .map(|n| ("job_events-1".to_owned(), json!({"n": n})))
-                    .collect();
-                emit_batch(addr, &chunk).await;
-            }
-        }
-    };
-    emit_range(0, 500).await;
+    emit_range(a.addr, 0, 500, 25).await;
     for want in 0..500 {
         assert_eq!(next_n(&mut ws).await, want);
     }
     relay.cut();
     wait_metric(b.addr, "wsrelay_broker_up 0").await;
-    emit_range(500, 1000).await;
+    emit_range(a.addr, 500, 1000, 25).await;
     // Acknowledged by the stream while b is away.
     wait_metric(a.addr, "wsrelay_broker_lag_events 0").await;
     relay.heal();
-    emit_range(1000, 1500).await;
+    emit_range(a.addr, 1000, 1500, 25).await;
     for want in 500..1500 {
         assert_eq!(next_n(&mut ws).await, want, "order and exactly once");
     }
