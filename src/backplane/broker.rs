@@ -259,16 +259,43 @@ pub fn group_of(prefix: &str, subject: &str) -> Option<String> {
     }
 }
 
+/// One broker message ready to publish.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub group: Arc<str>,
+    pub body: Bytes,
+    pub events: usize,
+    /// The sequence of its first event: with node and incarnation, the
+    /// message's identity (JetStream drops a resend it already stored).
+    pub first_seq: u64,
+}
+
 /// Splits events taken from the outbox into broker messages: one per run
 /// of a group within the batch, events in their order, each message under
-/// `max_bytes` (an event too big for any message is returned apart).
+/// `max_bytes` (an event too big for any message is counted apart).
 pub fn messages(
     node: &str,
     incarnation: u64,
     batch: &[Pending],
     max_bytes: usize,
-) -> (Vec<(Arc<str>, Bytes, usize)>, usize) {
-    let mut open: Vec<(Arc<str>, wire::BrokerWriter, usize)> = Vec::new();
+) -> (Vec<Outgoing>, usize) {
+    struct Open {
+        group: Arc<str>,
+        w: wire::BrokerWriter,
+        events: usize,
+        first_seq: u64,
+    }
+    impl Open {
+        fn done(self) -> Outgoing {
+            Outgoing {
+                group: self.group,
+                body: self.w.finish(),
+                events: self.events,
+                first_seq: self.first_seq,
+            }
+        }
+    }
+    let mut open: Vec<Open> = Vec::new();
     let mut done = Vec::new();
     let mut too_big = 0;
     for p in batch {
@@ -276,31 +303,27 @@ pub fn messages(
             too_big += 1;
             continue;
         }
-        let at = match open.iter().position(|(g, _, _)| *g == p.group) {
-            Some(i) if open[i].1.len() + p.payload.len() + 12 <= max_bytes => i,
-            Some(i) => {
-                let (g, w, n) = open.swap_remove(i);
-                done.push((g, w.finish(), n));
-                open.push((
-                    p.group.clone(),
-                    wire::BrokerWriter::start(node, incarnation, &p.group),
-                    0,
-                ));
-                open.len() - 1
-            }
-            None => {
-                open.push((
-                    p.group.clone(),
-                    wire::BrokerWriter::start(node, incarnation, &p.group),
-                    0,
-                ));
+        let fits = |o: &Open| o.w.len() + p.payload.len() + 12 <= max_bytes;
+        let at = match open.iter().position(|o| o.group == p.group) {
+            Some(i) if fits(&open[i]) => i,
+            found => {
+                // A full message of this group goes first: order kept.
+                if let Some(i) = found {
+                    done.push(open.swap_remove(i).done());
+                }
+                open.push(Open {
+                    group: p.group.clone(),
+                    w: wire::BrokerWriter::start(node, incarnation, &p.group),
+                    events: 0,
+                    first_seq: p.seq,
+                });
                 open.len() - 1
             }
         };
-        open[at].1.push(p.seq, &p.payload);
-        open[at].2 += 1;
+        open[at].w.push(p.seq, &p.payload);
+        open[at].events += 1;
     }
-    done.extend(open.into_iter().map(|(g, w, n)| (g, w.finish(), n)));
+    done.extend(open.into_iter().map(Open::done));
     (done, too_big)
 }
 
@@ -661,24 +684,18 @@ async fn publish(
         let use_js = stream.borrow().is_some();
         let result = async {
             let mut acks = Vec::with_capacity(msgs.len());
-            for (group, body, n) in &msgs {
-                let subject = subject(&s.prefix, group);
-                let body = seal(ctx.secret.as_bytes(), &subject, body);
+            for msg in &msgs {
+                let subject = subject(&s.prefix, &msg.group);
+                let body = seal(ctx.secret.as_bytes(), &subject, &msg.body);
                 let len = body.len() as u64;
                 if use_js {
                     let mut headers = HeaderMap::new();
                     // The stream drops a resend it already holds.
-                    let first = batch
-                        .iter()
-                        .find(|p| p.group == *group)
-                        .map_or(0, |p| p.seq);
                     headers.insert(
                         "Nats-Msg-Id",
                         format!(
-                            "{}.{:x}.{first}.{}",
-                            ctx.bp.node_id,
-                            ctx.bp.incarnation,
-                            group.len()
+                            "{}.{:x}.{}",
+                            ctx.bp.node_id, ctx.bp.incarnation, msg.first_seq
                         )
                         .as_str(),
                     );
@@ -687,7 +704,7 @@ async fn publish(
                     client.publish(subject, body).await?;
                 }
                 ctx.m.messages_published.inc();
-                ctx.m.events_published.inc_by(*n as u64);
+                ctx.m.events_published.inc_by(msg.events as u64);
                 ctx.m.bytes_published.inc_by(len);
             }
             if use_js {
@@ -1011,7 +1028,9 @@ mod tests {
         let (msgs, too_big) = messages("n1", 7, &batch, 1 << 20);
         assert_eq!(too_big, 0);
         assert_eq!(msgs.len(), 2);
-        let a = wire::decode_broker(&msgs[0].1).unwrap();
+        assert_eq!((msgs[0].events, msgs[0].first_seq), (2, 1));
+        assert_eq!((msgs[1].events, msgs[1].first_seq), (1, 2));
+        let a = wire::decode_broker(&msgs[0].body).unwrap();
         assert_eq!((a.node, a.incarnation, a.group), ("n1", 7, "a"));
         let ev: Vec<_> = a.events.into_iter().collect();
         assert_eq!(ev, vec![(1, &b"1"[..]), (3, &b"3"[..])]);
@@ -1022,10 +1041,13 @@ mod tests {
         let (msgs, too_big) = messages("n1", 7, &big, 1024 + 1200);
         assert_eq!(too_big, 0);
         assert!(msgs.len() > 1);
+        // Each part has its own identity: the stream must store them all.
+        let firsts: std::collections::HashSet<u64> = msgs.iter().map(|m| m.first_seq).collect();
+        assert_eq!(firsts.len(), msgs.len());
         let seqs: Vec<u64> = msgs
             .iter()
-            .flat_map(|(_, b, _)| {
-                wire::decode_broker(b)
+            .flat_map(|m| {
+                wire::decode_broker(&m.body)
                     .unwrap()
                     .events
                     .into_iter()
