@@ -107,10 +107,14 @@ pub struct StreamWriter {
 impl StreamWriter {
     pub async fn connect(url: &str, stream: &str) -> anyhow::Result<StreamWriter> {
         let client = redis::Client::open(url).with_context(|| format!("bad redis url {url}"))?;
-        let conn = client
+        let mut conn = client
             .get_multiplexed_async_connection()
             .await
             .with_context(|| format!("cannot connect to {url}"))?;
+        // redis-rs answers "timed out" after 500 ms by default: on a lossy
+        // link two retransmissions of one reply take longer than that, and
+        // a producer gave up on a batch Redis had taken.
+        conn.set_response_timeout(std::time::Duration::from_secs(10));
         Ok(StreamWriter {
             conn,
             stream: stream.to_owned(),
