@@ -25,6 +25,14 @@ fn events() -> Vec<(String, String)> {
         .collect()
 }
 
+/// Each event as read from the node's stream: the costliest origin.
+fn origin(i: usize) -> wire::Origin {
+    wire::Origin::Live(wire::StreamId {
+        ms: 1_764_000_000_000,
+        seq: i as u64,
+    })
+}
+
 fn encode(c: &mut Criterion) {
     let events = events();
     let bytes: usize = events.iter().map(|(_, p)| p.len()).sum();
@@ -35,8 +43,8 @@ fn encode(c: &mut Criterion) {
         b.iter(|| {
             let mut w =
                 wire::EventsWriter::start(std::mem::take(&mut scratch), client::MAX_HEADER, 1);
-            for (g, p) in &events {
-                w.push(g, p.as_bytes());
+            for (i, (g, p)) in events.iter().enumerate() {
+                w.push(g, origin(i), p.as_bytes());
             }
             let (buf, _) = w.finish();
             let framed = client::frame_in_place(buf, opcode::BINARY, KEY);
@@ -60,8 +68,8 @@ fn encode(c: &mut Criterion) {
 fn decode(c: &mut Criterion) {
     let events = events();
     let mut w = wire::EventsWriter::start(BytesMut::new(), client::MAX_HEADER, 1);
-    for (g, p) in &events {
-        w.push(g, p.as_bytes());
+    for (i, (g, p)) in events.iter().enumerate() {
+        w.push(g, origin(i), p.as_bytes());
     }
     let (buf, _) = w.finish();
     let native = client::frame_in_place(buf, opcode::BINARY, KEY);
@@ -89,8 +97,8 @@ fn decode(c: &mut Criterion) {
             let wire::PeerMessage::Events { events, .. } = wire::decode(&m).unwrap() else {
                 unreachable!()
             };
-            for (g, p) in events {
-                black_box((g, p));
+            for (g, o, p) in events {
+                black_box((g, o, p));
             }
         })
     });

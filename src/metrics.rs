@@ -124,6 +124,12 @@ pub struct Metrics {
     stream_skipped: Vec<Counter>,
     /// Stream entries removed unread because the stream passed its cap.
     pub stream_trimmed_unread: Counter,
+    /// Stream entries delivered here whose peers do not all have them yet
+    /// (kept in the stream, and replayed to the peers after a crash).
+    pub stream_unconfirmed: Gauge,
+    /// Stream entries replayed to the peers at start: delivered here by an
+    /// earlier run, not confirmed by every peer before it ended.
+    pub stream_replayed: Counter,
     /// The backplane's families, per peer.
     pub peers: PeerFamilies,
     /// AWX's API as authenticator.
@@ -823,6 +829,17 @@ impl Metrics {
             "stream_trimmed_unread",
             "Stream entries trimmed unread because the stream passed --stream-maxlen",
         );
+        let stream_unconfirmed = Gauge::default();
+        registry.register(
+            "stream_unconfirmed",
+            "Stream entries delivered here that not every peer has acknowledged yet",
+            stream_unconfirmed.clone(),
+        );
+        let stream_replayed = counter(
+            &mut registry,
+            "stream_replayed",
+            "Stream entries replayed to peers at start (an earlier run ended before they confirmed them)",
+        );
         let redis_up = Gauge::default();
         registry.register(
             "redis_up",
@@ -870,6 +887,8 @@ impl Metrics {
             events_in_stream: events_in[3].clone(),
             stream_skipped,
             stream_trimmed_unread,
+            stream_unconfirmed,
+            stream_replayed,
         }
     }
 

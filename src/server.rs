@@ -149,6 +149,8 @@ impl Node {
         let emitter = Emitter::new(router.clone(), metrics.clone(), config.max_group_name);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (stop_ingest, stop_ingest_rx) = watch::channel(false);
+        // The Redis readers start once the backplane's sinks exist.
+        let (backplane_ready, backplane_ready_rx) = watch::channel(false);
         let mut threads = Vec::with_capacity(workers);
         let (ingest, redis_ack) = if config.redis.is_empty() {
             (None, None)
@@ -159,6 +161,7 @@ impl Node {
                 router.clone(),
                 metrics.clone(),
                 stop_ingest_rx,
+                backplane_ready_rx,
             )?;
             (Some(handle), Some(ack))
         };
@@ -204,6 +207,7 @@ impl Node {
             ),
             None => None,
         };
+        backplane_ready.send_replace(true);
         tracing::info!(%addr, workers, io = io.name(), node = ctx.config.node_id, "wsrelay listening");
         Ok(Node {
             addr,

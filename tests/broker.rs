@@ -158,7 +158,11 @@ async fn bad_messages_on_the_brokers_subjects_are_skipped_and_counted() {
     let subject = "wsrelay.g.job_events-1";
     let good = |node: &str, seq: u64, group: &str, subject: &str, secret: &str| {
         let mut w = wsrelay::backplane::wire::BrokerWriter::start(node, 9, group);
-        w.push(seq, format!(r#"{{"n": {seq}}}"#).as_bytes());
+        w.push(
+            seq,
+            wsrelay::backplane::wire::Origin::None,
+            format!(r#"{{"n": {seq}}}"#).as_bytes(),
+        );
         wsrelay::backplane::broker::seal(secret.as_bytes(), subject, &w.finish())
     };
     let bad: Vec<(&str, bytes::Bytes)> = vec![

@@ -252,47 +252,11 @@ async fn a_node_without_subscribers_of_a_group_receives_none_of_it() {
 
 /// A TCP proxy the test can cut: while cut, open connections are closed
 /// and new ones are refused by closing them at once.
-struct Cuttable {
-    addr: SocketAddr,
-    cut: tokio::sync::watch::Sender<bool>,
-}
-
-async fn cuttable_proxy(to: SocketAddr) -> Cuttable {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (cut, cut_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        loop {
-            let Ok((inbound, _)) = listener.accept().await else {
-                return;
-            };
-            if *cut_rx.borrow() {
-                drop(inbound);
-                continue;
-            }
-            let mut cut_rx = cut_rx.clone();
-            tokio::spawn(async move {
-                let Ok(outbound) = TcpStream::connect(to).await else {
-                    return;
-                };
-                let (mut ri, mut wi) = inbound.into_split();
-                let (mut ro, mut wo) = outbound.into_split();
-                tokio::select! {
-                    _ = tokio::io::copy(&mut ri, &mut wo) => {}
-                    _ = tokio::io::copy(&mut ro, &mut wi) => {}
-                    _ = cut_rx.wait_for(|c| *c) => {}
-                }
-            });
-        }
-    });
-    Cuttable { addr, cut }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_link_resumes_with_nothing_lost_or_duplicated() {
     let a = cluster_node("a", |_| {});
     let b = cluster_node("b", |_| {});
-    let proxy = cuttable_proxy(b.addr).await;
+    let proxy = cut::Cuttable::start(b.addr).await;
     a.node.set_peers(vec![peer(proxy.addr)]);
     let up = format!(
         "wsrelay_backplane_link_up{{peer=\"{}\",direction=\"out\"}}",
@@ -309,13 +273,13 @@ async fn a_dropped_link_resumes_with_nothing_lost_or_duplicated() {
     emit_batch(a.addr, "a", "job_events-1", 0..200).await;
     let mut got = collect(&mut on_b, 200).await;
 
-    proxy.cut.send_replace(true);
+    proxy.cut();
     wait_metric(a.addr, &format!("{up} 0")).await;
     // Emitted while the link is down: held in A's resend buffer.
     for from in (200..1200).step_by(100) {
         emit_batch(a.addr, "a", "job_events-1", from..from + 100).await;
     }
-    proxy.cut.send_replace(false);
+    proxy.heal();
     wait_metric(a.addr, &format!("{up} 1")).await;
     got.extend(collect(&mut on_b, 1000).await);
     assert_exactly_once_in_order(&got, &["a"], 1200);
@@ -336,6 +300,169 @@ async fn a_dropped_link_resumes_with_nothing_lost_or_duplicated() {
         labelled(b.addr, "wsrelay_backplane_gap_events_total{peer=\"a\"}").await,
         0
     );
+}
+
+/// Consecutive runs in a list of sequence numbers, for failure messages.
+fn runs(seqs: &[u64]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &s in seqs {
+        match out.last_mut() {
+            Some((_, end)) if *end + 1 == s => *end = s,
+            _ => out.push((s, s)),
+        }
+    }
+    out
+}
+
+/// Polls `name` on `addr` until `ok` holds of its value.
+async fn metric_until(addr: SocketAddr, name: &str, ok: impl Fn(u64) -> bool) -> u64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = metric(addr, name).await;
+        if ok(v) {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} stayed at {v} on {addr}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A node that reads the stream is SIGKILLed while its only peer has not
+/// confirmed what it routed: first the peer's acknowledgements are held
+/// (it delivered 300 entries the node never heard it deliver), then the
+/// whole link (300 more the node routed and acknowledged in Redis, stuck
+/// on their way). After the restart the node replays both runs to the
+/// peer, which drops the first as replays of what it has: its client gets
+/// every entry exactly once and in order, the 300 written while the node
+/// was down included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_node_replays_to_its_peers_what_they_had_not_confirmed() {
+    let redis = support::redis::RedisServer::start();
+    let b = cluster_node("b", |_| {});
+    let link = cut::Cuttable::start(b.addr).await;
+    let (bin, url) = (env!("CARGO_BIN_EXE_wsrelay"), redis.url());
+    let peer_url = format!("ws://{}", link.addr);
+    let command = || {
+        let mut c = tokio::process::Command::new(bin);
+        c.args(["serve", "--listen", "127.0.0.1:0", "--jwt-secret", SECRET])
+            .args(["--redis", &url, "--node-id", "a", "--backlog-hold-ms", "0"])
+            .args(["--backplane-secret", BACKPLANE, "--peer", &peer_url])
+            // The stalled link must not be given up while the test holds it.
+            .args(["--peer-ping-interval-ms", "60000", "--io", io_name()])
+            .env("RUST_LOG", "info");
+        c
+    };
+    let (mut a, a_addr) = spawn_serve(&mut command()).await;
+    let link_in = "wsrelay_backplane_link_up{peer=\"a\",direction=\"in\"} 1";
+    wait_metric(b.addr, link_in).await;
+    let mut on_b = connect(b.addr, &token(1)).await;
+    // The reply waits until a has applied b's new interest.
+    subscribe(&mut on_b, groups(&["job_events-1"])).await;
+    let mut writer = wsrelay::producer::StreamWriter::connect(&url, "wsrelay:events")
+        .await
+        .unwrap();
+    let events = |r: std::ops::Range<u64>| -> Vec<(String, String)> {
+        r.map(|i| ("job_events-1".to_owned(), format!(r#"{{"seq": {i}}}"#)))
+            .collect()
+    };
+    let seq = |v: &Value| v["seq"].as_u64().unwrap();
+
+    link.hold(cut::Hold::Back);
+    writer.send(&events(0..300)).await.unwrap();
+    for i in 0..300 {
+        assert_eq!(seq(&next_json(&mut on_b).await), i);
+    }
+    let unconfirmed = "wsrelay_stream_unconfirmed";
+    metric_until(a_addr, unconfirmed, |n| n == 300).await;
+    link.hold(cut::Hold::Both);
+    writer.send(&events(300..600)).await.unwrap();
+    metric_until(a_addr, "wsrelay_events_in_total{source=\"stream\"}", |n| {
+        n == 600
+    })
+    .await;
+    metric_until(a_addr, unconfirmed, |n| n == 600).await;
+
+    a.kill().await.unwrap();
+    link.cut();
+    link.hold(cut::Hold::Nothing);
+    link.heal();
+    writer.send(&events(600..900)).await.unwrap();
+    let (_a, a_addr) = spawn_serve(&mut command()).await;
+    // Everything from 300 on, once each, in order; then nothing more.
+    let mut got = Vec::new();
+    while got.len() < 600 {
+        let quiet = if got.is_empty() {
+            WAIT
+        } else {
+            Duration::from_secs(5)
+        };
+        match tokio::time::timeout(quiet, on_b.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => got.push(seq(&serde_json::from_str(&t).unwrap())),
+            _ => break,
+        }
+    }
+    let extra = tokio::time::timeout(Duration::from_millis(500), on_b.next()).await;
+    assert!(extra.is_err(), "unexpected extra message {extra:?}");
+    assert!(
+        got.iter().copied().eq(300..900),
+        "b's client got {} events, runs {:?}",
+        got.len(),
+        runs(&got)
+    );
+    assert_eq!(metric(a_addr, "wsrelay_stream_replayed_total").await, 600);
+    assert_eq!(
+        labelled(b.addr, "wsrelay_backplane_duplicates_total{peer=\"a\"}").await,
+        300,
+        "the replay of what b had delivered was dropped there"
+    );
+    metric_until(a_addr, unconfirmed, |n| n == 0).await;
+}
+
+/// A dialer that knows only the first native version (no event origins)
+/// is answered in it and its events delivered: nodes of both versions
+/// link during a rolling upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialer_offering_only_the_first_native_version_is_served_in_it() {
+    use wsrelay::backplane::wire;
+    let a = cluster_node("a", |_| {});
+    let mut on_a = connect(a.addr, &token(1)).await;
+    subscribe(&mut on_a, groups(&["job_events-3"])).await;
+    let mut req = format!("ws://{}/websocket/broadcast/", a.addr)
+        .into_client_request()
+        .unwrap();
+    let h = req.headers_mut();
+    h.insert("secret", python_header(BACKPLANE, None).parse().unwrap());
+    h.insert(
+        "sec-websocket-protocol",
+        wire::SUBPROTOCOL_V1.parse().unwrap(),
+    );
+    let auth = wsrelay::backplane::handshake::dial_header(BACKPLANE, "old", now(), rand::random());
+    h.insert("wsrelay-auth", auth.parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(
+        resp.headers()["sec-websocket-protocol"],
+        wire::SUBPROTOCOL_V1
+    );
+    ws.send(Message::Binary(wire::hello_version("old", 7, 1).to_vec()))
+        .await
+        .unwrap();
+    let mut w = wire::EventsWriter::start_version(bytes::BytesMut::new(), 0, 1, 1);
+    w.push("job_events-3", wire::Origin::None, br#"{"v": 1}"#);
+    ws.send(Message::Binary(w.finish().0.to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut on_a).await, json!({"v": 1}));
+    // Its welcome came in the first version's form.
+    let Some(Ok(Message::Binary(welcome))) = ws.next().await else {
+        panic!("no welcome");
+    };
+    assert!(matches!(
+        wire::decode_version(&welcome, 1),
+        Ok(wire::PeerMessage::Welcome { node: "a", .. })
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -929,7 +1056,7 @@ async fn a_peer_breaking_the_native_protocol_is_closed_with_1002_and_the_reason(
             .unwrap();
         let h = req.headers_mut();
         h.insert("secret", python_header(BACKPLANE, None).parse().unwrap());
-        h.insert("sec-websocket-protocol", "wsrelay.peer.v1".parse().unwrap());
+        h.insert("sec-websocket-protocol", "wsrelay.peer.v2".parse().unwrap());
         let auth = wsrelay::backplane::handshake::dial_header(
             BACKPLANE,
             "intruder-free",
@@ -940,7 +1067,7 @@ async fn a_peer_breaking_the_native_protocol_is_closed_with_1002_and_the_reason(
         let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
         assert_eq!(
             resp.headers()["sec-websocket-protocol"],
-            "wsrelay.peer.v1",
+            "wsrelay.peer.v2",
             "the native protocol was selected"
         );
         for m in messages {

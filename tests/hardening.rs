@@ -249,7 +249,8 @@ fn native_headers(node: &str) -> String {
     let secret = wsrelay::backplane::secret::header_value(BACKPLANE, now());
     let auth = wsrelay::backplane::handshake::dial_header(BACKPLANE, node, now(), rand_nonce());
     format!(
-        "secret: {secret}\r\nwsrelay-auth: {auth}\r\nSec-WebSocket-Protocol: wsrelay.peer.v1\r\n"
+        "secret: {secret}\r\nwsrelay-auth: {auth}\r\nSec-WebSocket-Protocol: {}\r\n",
+        wsrelay::backplane::wire::SUBPROTOCOL
     )
 }
 
@@ -309,7 +310,7 @@ async fn malformed_peer_events_close_the_link() {
     subscribe(&mut client, json!({"g": ["1"]})).await;
     let batch = |first_seq: u64, group: &str, payload: &[u8]| {
         let mut w = EventsWriter::start(bytes::BytesMut::new(), 0, first_seq);
-        w.push(group, payload);
+        w.push(group, wsrelay::backplane::wire::Origin::None, payload);
         w.finish().0.to_vec()
     };
     for (events, reason) in [

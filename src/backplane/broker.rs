@@ -320,7 +320,7 @@ pub fn messages(
                 open.len() - 1
             }
         };
-        open[at].w.push(p.seq, &p.payload);
+        open[at].w.push(p.seq, p.origin, &p.payload);
         open[at].events += 1;
     }
     done.extend(open.into_iter().map(Open::done));
@@ -329,32 +329,69 @@ pub fn messages(
 
 /// What this node has delivered from each sending run, per group: an
 /// event at or below the mark was seen (a resend, a replay's overlap).
+/// And per group and sending node, whatever the run, the latest entry of
+/// that node's Redis stream delivered: what a restarted node replays of it
+/// and this node already has is dropped.
 #[derive(Default)]
 pub struct Seen {
-    groups: HashMap<Arc<str>, VecDeque<(String, u64, u64)>>,
+    groups: HashMap<Arc<str>, GroupSeen>,
+}
+
+#[derive(Default)]
+struct GroupSeen {
+    runs: VecDeque<(String, u64, u64)>,
+    stream: VecDeque<(String, wire::StreamId)>,
 }
 
 impl Seen {
-    /// Whether `(node, incarnation, seq)` in `group` is new; records it.
-    pub fn admit(&mut self, group: &str, node: &str, incarnation: u64, seq: u64) -> bool {
-        let runs = match self.groups.get_mut(group) {
-            Some(r) => r,
+    /// Whether `(node, incarnation, seq)` in `group`, from `origin`, is
+    /// new; records it.
+    pub fn admit(
+        &mut self,
+        group: &str,
+        node: &str,
+        incarnation: u64,
+        seq: u64,
+        origin: wire::Origin,
+    ) -> bool {
+        let g = match self.groups.get_mut(group) {
+            Some(g) => g,
             None => self.groups.entry(Arc::from(group)).or_default(),
         };
-        if let Some(run) = runs
+        let runs = &mut g.runs;
+        match runs
             .iter_mut()
             .find(|(n, i, _)| *i == incarnation && n == node)
         {
-            if seq <= run.2 {
-                return false;
+            Some(run) if seq <= run.2 => return false,
+            Some(run) => run.2 = seq,
+            None => {
+                if runs.len() >= RUNS_PER_GROUP {
+                    runs.pop_front();
+                }
+                runs.push_back((node.to_owned(), incarnation, seq));
             }
-            run.2 = seq;
+        }
+        let Some(id) = origin.id() else {
             return true;
+        };
+        match g.stream.iter_mut().find(|(n, _)| n == node) {
+            // Sequence order is the sender's stream order: the mark only
+            // moves forward within a run, and a live entry of a recreated
+            // stream moves it down rather than being taken for a replay.
+            Some((_, upto)) => {
+                if matches!(origin, wire::Origin::Replay(_)) && id <= *upto {
+                    return false;
+                }
+                *upto = id;
+            }
+            None => {
+                if g.stream.len() >= RUNS_PER_GROUP {
+                    g.stream.pop_front();
+                }
+                g.stream.push_back((node.to_owned(), id));
+            }
         }
-        if runs.len() >= RUNS_PER_GROUP {
-            runs.pop_front();
-        }
-        runs.push_back((node.to_owned(), incarnation, seq));
         true
     }
 
@@ -381,6 +418,10 @@ impl Broker {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        // Registered before this returns: what the node routes from then
+        // on is kept for the broker, even before its connection is up.
+        let sink = Arc::new(Sink::new("broker".into(), Interest::All, settings.limits));
+        bp.outbox.add(sink.clone());
         let thread = std::thread::Builder::new()
             .name("wsrelay-broker".into())
             .spawn(move || {
@@ -394,7 +435,7 @@ impl Broker {
                         settings,
                         seen: RefCell::new(Seen::default()),
                     });
-                    run(ctx, stop_rx).await;
+                    run(ctx, stop_rx, sink).await;
                 });
             })?;
         Ok(Broker {
@@ -437,7 +478,17 @@ enum Incoming {
     Back,
 }
 
-async fn run(ctx: Rc<Ctx>, mut stop: watch::Receiver<bool>) {
+/// The broker's sink leaves the outbox however `run` ends.
+struct SinkGuard(Arc<Backplane>, Arc<Sink>);
+
+impl Drop for SinkGuard {
+    fn drop(&mut self) {
+        self.0.outbox.remove(&self.1);
+    }
+}
+
+async fn run(ctx: Rc<Ctx>, mut stop: watch::Receiver<bool>, sink: Arc<Sink>) {
+    let _registered = SinkGuard(ctx.bp.clone(), sink.clone());
     let (tx, rx) = mpsc::channel::<Incoming>(INBOX);
     let (connected_tx, connected) = watch::channel(false);
     let events_tx = tx.clone();
@@ -514,12 +565,6 @@ async fn run(ctx: Rc<Ctx>, mut stop: watch::Receiver<bool>) {
     let stream = Rc::new(RefCell::new(None::<jetstream::stream::Stream>));
     let js = jetstream::new(client.clone());
     let checkpoints = Rc::new(RefCell::new(VecDeque::<(Instant, u64)>::new()));
-    let sink = Arc::new(Sink::new(
-        "broker".into(),
-        Interest::All,
-        ctx.settings.limits,
-    ));
-    ctx.bp.outbox.add(sink.clone());
     tracing::info!(brokers = ?ctx.settings.urls, prefix = %ctx.settings.prefix, "broker backplane starting");
 
     let setup = {
@@ -612,7 +657,6 @@ async fn run(ctx: Rc<Ctx>, mut stop: watch::Receiver<bool>) {
     for t in tasks {
         t.abort();
     }
-    ctx.bp.outbox.remove(&sink);
     // What was published is flushed before the thread ends (bounded).
     let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
 }
@@ -958,8 +1002,10 @@ async fn deliver_one(ctx: &Ctx, subject: &str, body: &[u8], replaying: bool) -> 
             .events
             .clone()
             .into_iter()
-            .filter(|(seq, _)| seen.admit(batch.group, batch.node, batch.incarnation, *seq))
-            .map(|(_, p)| (batch.group, p))
+            .filter(|(seq, origin, _)| {
+                seen.admit(batch.group, batch.node, batch.incarnation, *seq, *origin)
+            })
+            .map(|(_, _, p)| (batch.group, p))
             .collect()
     };
     let n = fresh.len() as u64;
@@ -1015,6 +1061,7 @@ mod tests {
             seq,
             group: Arc::from(group),
             payload: Bytes::copy_from_slice(payload.as_bytes()),
+            origin: wire::Origin::None,
         }
     }
 
@@ -1032,7 +1079,7 @@ mod tests {
         assert_eq!((msgs[1].events, msgs[1].first_seq), (1, 2));
         let a = wire::decode_broker(&msgs[0].body).unwrap();
         assert_eq!((a.node, a.incarnation, a.group), ("n1", 7, "a"));
-        let ev: Vec<_> = a.events.into_iter().collect();
+        let ev: Vec<_> = a.events.into_iter().map(|(s, _, p)| (s, p)).collect();
         assert_eq!(ev, vec![(1, &b"1"[..]), (3, &b"3"[..])]);
         // Bounded by size: a group's run splits, order kept.
         let big: Vec<_> = (1..=10)
@@ -1051,7 +1098,7 @@ mod tests {
                     .unwrap()
                     .events
                     .into_iter()
-                    .map(|(s, _)| s)
+                    .map(|(s, _, _)| s)
                     .collect::<Vec<_>>()
             })
             .collect();
@@ -1062,16 +1109,36 @@ mod tests {
 
     #[test]
     fn seen_drops_repeats_per_group_and_run() {
+        let none = wire::Origin::None;
         let mut s = Seen::default();
-        assert!(s.admit("g", "a", 1, 5));
-        assert!(!s.admit("g", "a", 1, 5));
-        assert!(!s.admit("g", "a", 1, 3));
-        assert!(s.admit("g", "a", 1, 6));
+        assert!(s.admit("g", "a", 1, 5, none));
+        assert!(!s.admit("g", "a", 1, 5, none));
+        assert!(!s.admit("g", "a", 1, 3, none));
+        assert!(s.admit("g", "a", 1, 6, none));
         // Another group, another run, another node: their own marks.
-        assert!(s.admit("h", "a", 1, 2));
-        assert!(s.admit("g", "a", 2, 1));
-        assert!(s.admit("g", "b", 1, 1));
+        assert!(s.admit("h", "a", 1, 2, none));
+        assert!(s.admit("g", "a", 2, 1, none));
+        assert!(s.admit("g", "b", 1, 1, none));
         s.forget("g");
-        assert!(s.admit("g", "a", 1, 1));
+        assert!(s.admit("g", "a", 1, 1, none));
+    }
+
+    #[test]
+    fn seen_drops_a_restarted_senders_replay_of_what_it_delivered() {
+        let id = |seq| wire::StreamId { ms: 100, seq };
+        let (live, replay) = (wire::Origin::Live, wire::Origin::Replay);
+        let mut s = Seen::default();
+        assert!(s.admit("g", "a", 1, 1, live(id(1))));
+        assert!(s.admit("g", "a", 1, 2, live(id(2))));
+        // Run 2 of node a replays entries 1..=3: only 3 is new here.
+        assert!(!s.admit("g", "a", 2, 1, replay(id(1))));
+        assert!(!s.admit("g", "a", 2, 2, replay(id(2))));
+        assert!(s.admit("g", "a", 2, 3, replay(id(3))));
+        assert!(s.admit("g", "a", 2, 4, live(id(4))));
+        // Another node's entries, and another group, have their own marks.
+        assert!(s.admit("g", "b", 1, 1, replay(id(1))));
+        assert!(s.admit("h", "a", 2, 5, replay(id(2))));
+        // A recreated stream starts lower: live entries go through.
+        assert!(s.admit("g", "a", 3, 1, live(wire::StreamId { ms: 1, seq: 0 })));
     }
 }

@@ -167,6 +167,15 @@ impl Links {
         });
         let peers_tx = Arc::new(peers_tx);
         let discovered = peers_tx.clone();
+        // The configured peers' sinks exist before this returns: whatever
+        // the node routes from then on (a Redis backlog read at start, a
+        // replay) is kept for them until their links are up.
+        let premade: HashMap<PeerSpec, Arc<Sink>> = peers_tx
+            .borrow()
+            .all()
+            .into_iter()
+            .filter_map(|spec| Some((spec.clone(), new_sink(&bp, &spec, settings.limits)?)))
+            .collect();
         let (stop, stop_rx) = watch::channel(false);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -207,7 +216,7 @@ impl Links {
                             tokio::task::spawn_local(heartbeat::announce(hb, m, stop))
                         })
                     });
-                    manage(ctx, peers_rx, stop_rx).await;
+                    manage(ctx, peers_rx, stop_rx, premade).await;
                     // The `offline` announcement goes out before the thread
                     // ends (bounded by its own timeout).
                     if let Some(Some(task)) = announcing {
@@ -250,11 +259,13 @@ struct LinkCtx {
     redis_ack: Option<watch::Receiver<u64>>,
 }
 
-/// Keeps one task per configured peer, following the list.
+/// Keeps one task per configured peer, following the list; `premade`
+/// holds the sinks made at start for the first list.
 async fn manage(
     ctx: Arc<LinkCtx>,
     mut peers: watch::Receiver<PeerSets>,
     mut stop: watch::Receiver<bool>,
+    mut premade: HashMap<PeerSpec, Arc<Sink>>,
 ) {
     let mut running: HashMap<PeerSpec, (watch::Sender<bool>, tokio::task::JoinHandle<()>)> =
         HashMap::new();
@@ -273,9 +284,16 @@ async fn manage(
                 let spec = slot.key().clone();
                 tracing::info!(peer = %spec, "dialing peer");
                 let (cancel, cancel_rx) = watch::channel(false);
-                let task = tokio::task::spawn_local(run_link(ctx.clone(), spec, cancel_rx));
+                let sink = premade
+                    .remove(&spec)
+                    .or_else(|| new_sink(&ctx.bp, &spec, ctx.settings.limits));
+                let task = tokio::task::spawn_local(run_link(ctx.clone(), spec, sink, cancel_rx));
                 slot.insert((cancel, task));
             }
+        }
+        // A peer removed before its link started.
+        for (_, sink) in premade.drain() {
+            ctx.bp.drop_sink(&sink);
         }
         tokio::select! {
             r = peers.changed() => if r.is_err() { break },
@@ -298,23 +316,33 @@ pub fn backoff(n: u32, max: Duration) -> Duration {
     ceiling.mul_f64(0.5 + rand::random::<f64>() * 0.5)
 }
 
-async fn run_link(ctx: Arc<LinkCtx>, spec: PeerSpec, mut cancel: watch::Receiver<bool>) {
+/// The sink a link to `spec` sends from, registered in the outbox (none
+/// for AWX 2020 peers, which send to us). It exists for the link's whole
+/// life, across reconnects: events for the peer's last known interest wait
+/// in it while the link is down.
+fn new_sink(bp: &Backplane, spec: &PeerSpec, limits: SinkLimits) -> Option<Arc<Sink>> {
+    // A native peer's interest is unknown until its link is up: until then
+    // the sink keeps everything routed (bounded), so a backlog read at
+    // start reaches the peer's clients. AWX's form resubscribes on every
+    // connect and starts empty.
+    let interest = match spec.protocol {
+        PeerProtocol::Awx(Era::Y2020) => return None,
+        PeerProtocol::Awx(Era::Y2022) => Interest::Groups(Default::default()),
+        PeerProtocol::Native | PeerProtocol::Auto => Interest::Unknown,
+    };
+    let sink = Arc::new(Sink::new(spec.label(), interest, limits));
+    bp.outbox.add(sink.clone());
+    Some(sink)
+}
+
+async fn run_link(
+    ctx: Arc<LinkCtx>,
+    spec: PeerSpec,
+    sink: Option<Arc<Sink>>,
+    mut cancel: watch::Receiver<bool>,
+) {
     let label = spec.label();
     let m = ctx.bp.metrics.peers.link(&label, "out");
-    // The sink exists for the link's whole life, across reconnects: events
-    // for the peer's last known interest wait in it while the link is down.
-    let sink = match spec.protocol {
-        PeerProtocol::Native | PeerProtocol::Awx(Era::Y2022) | PeerProtocol::Auto => {
-            let sink = Arc::new(Sink::new(
-                label.clone(),
-                Interest::Groups(Default::default()),
-                ctx.settings.limits,
-            ));
-            ctx.bp.outbox.add(sink.clone());
-            Some(sink)
-        }
-        PeerProtocol::Awx(Era::Y2020) => None,
-    };
     // The sink leaves the outbox (and its groups the node's interest)
     // however the task ends, a panic included.
     let _owned = sink.clone().map(|sink| OwnedSink {
@@ -326,7 +354,7 @@ async fn run_link(ctx: Arc<LinkCtx>, spec: PeerSpec, mut cancel: watch::Receiver
     let mut was_up = false;
     loop {
         let session = async {
-            let (conn, native_agreed) = timeout(ctx.settings.connect_timeout, dial(&ctx, &spec))
+            let (conn, native_version) = timeout(ctx.settings.connect_timeout, dial(&ctx, &spec))
                 .await
                 .map_err(|_| LinkError::ConnectTimeout)??;
             if was_up {
@@ -336,12 +364,13 @@ async fn run_link(ctx: Arc<LinkCtx>, spec: PeerSpec, mut cancel: watch::Receiver
             attempt = 0;
             m.up.set(1);
             m.connected_since.set(unix_now() as i64);
-            tracing::info!(peer = %spec, native = native_agreed, "link up");
+            tracing::info!(peer = %spec, native = native_version.is_some(), "link up");
             let r = match (spec.protocol, &sink) {
-                (PeerProtocol::Native | PeerProtocol::Auto, Some(sink)) if native_agreed => {
-                    native(&ctx, conn, sink, &m).await
-                }
-                (PeerProtocol::Awx(Era::Y2022) | PeerProtocol::Auto, Some(sink)) => {
+                (PeerProtocol::Native | PeerProtocol::Auto, Some(sink)) => match native_version {
+                    Some(version) => native(&ctx, conn, version, sink, &m).await,
+                    None => awx_relay(&ctx, conn, sink, &m).await,
+                },
+                (PeerProtocol::Awx(Era::Y2022), Some(sink)) => {
                     awx_relay(&ctx, conn, sink, &m).await
                 }
                 _ => awx_broadcast(&ctx, conn, &spec, &m).await,
@@ -430,9 +459,9 @@ impl Writer {
     }
 }
 
-/// Dials and upgrades; the flag says whether the native protocol was
-/// agreed (required for `Native`, a choice the peer makes for `Auto`).
-async fn dial(ctx: &LinkCtx, spec: &PeerSpec) -> Result<((Reader, Writer), bool), LinkError> {
+/// Dials and upgrades; returns the native protocol version agreed, if one
+/// was (required for `Native`, a choice the peer makes for `Auto`).
+async fn dial(ctx: &LinkCtx, spec: &PeerSpec) -> Result<((Reader, Writer), Option<u8>), LinkError> {
     let tcp = TcpStream::connect((spec.host.as_str(), spec.port))
         .await
         .map_err(LinkError::Connect)?;
@@ -466,9 +495,11 @@ async fn dial(ctx: &LinkCtx, spec: &PeerSpec) -> Result<((Reader, Writer), bool)
     let offer_native = matches!(spec.protocol, PeerProtocol::Native | PeerProtocol::Auto);
     let nonce: [u8; 16] = rand::random();
     if offer_native {
+        // Newest first; a node that knows only the first version picks it.
         req.push_str(&format!(
-            "Sec-WebSocket-Protocol: {}\r\n{}: {}\r\n",
+            "Sec-WebSocket-Protocol: {}, {}\r\n{}: {}\r\n",
             wire::SUBPROTOCOL,
+            wire::SUBPROTOCOL_V1,
             handshake::AUTH_HEADER,
             handshake::dial_header(secret, &ctx.bp.node_id, unix_now(), nonce),
         ));
@@ -510,16 +541,16 @@ async fn dial(ctx: &LinkCtx, spec: &PeerSpec) -> Result<((Reader, Writer), bool)
         return Err(LinkError::Refused("bad Sec-WebSocket-Accept".into()));
     }
     let native = match header_of("sec-websocket-protocol") {
-        None => false,
-        Some(p) if offer_native && p == wire::SUBPROTOCOL => true,
+        None => None,
+        Some(p) if offer_native && wire::version_of(&p).is_some() => wire::version_of(&p),
         // RFC 6455 4.1: a subprotocol we did not offer fails the connection.
         Some(_) => return Err(LinkError::Refused("unrequested subprotocol".into())),
     };
-    if spec.protocol == PeerProtocol::Native && !native {
+    if spec.protocol == PeerProtocol::Native && native.is_none() {
         return Err(LinkError::NotNative);
     }
     // The node we reached must know the secret too (it answers our nonce).
-    if native {
+    if native.is_some() {
         let nonce_hex: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
         let proved = header_of(handshake::PROOF_HEADER)
             .is_some_and(|p| handshake::verify_proof(&p, secret, &nonce_hex));

@@ -51,6 +51,10 @@ pub fn is_node_name(s: &str) -> bool {
 struct FromPeer {
     incarnation: u64,
     last_seq: u64,
+    /// The latest entry of the node's Redis stream delivered here, whatever
+    /// the run: a restarted node replays what its peers may have missed,
+    /// and what this node already has of it is dropped.
+    stream_upto: Option<wire::StreamId>,
     /// Bumped by each new link from the node; an older link still running
     /// sees the change and stops, so two links never interleave.
     generation: u64,
@@ -226,6 +230,7 @@ impl Backplane {
         let entry = peers.entry(node.to_owned()).or_insert(FromPeer {
             incarnation,
             last_seq: 0,
+            stream_upto: None,
             generation: 0,
             seen,
         });
@@ -270,6 +275,36 @@ impl Backplane {
             p.last_seq = p.last_seq.max(last);
         }
         Ok(admit)
+    }
+
+    /// Keeps the events of a batch from `node` that are not a replay of
+    /// stream entries already delivered here, and records the latest entry
+    /// delivered (a sender reads its stream in order, so the latest is the
+    /// highest). A live entry always goes through and moves the mark, even
+    /// down: a stream that was recreated starts lower, and its entries
+    /// must not be mistaken for a replay.
+    pub fn not_replayed<'a>(
+        &self,
+        node: &str,
+        events: impl Iterator<Item = (&'a str, wire::Origin, &'a [u8])>,
+    ) -> Vec<(&'a str, &'a [u8])> {
+        let mut peers = self.senders();
+        let Some(p) = peers.get_mut(node) else {
+            return events.map(|(g, _, b)| (g, b)).collect();
+        };
+        let mut out = Vec::new();
+        for (group, origin, payload) in events {
+            if let wire::Origin::Replay(id) = origin {
+                if p.stream_upto.is_some_and(|upto| id <= upto) {
+                    continue;
+                }
+            }
+            if let Some(id) = origin.id() {
+                p.stream_upto = Some(id);
+            }
+            out.push((group, payload));
+        }
+        out
     }
 
     /// A number for a new inbound link, for interest bookkeeping.

@@ -9,9 +9,13 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio::sync::Notify;
+
+use super::wire::Origin;
 
 /// The groups an interest change actually added and removed.
 pub type InterestChange = (Vec<Arc<str>>, Vec<Arc<str>>);
@@ -26,13 +30,18 @@ pub struct TooManyGroups(pub usize);
 pub enum Interest {
     /// Every group (AWX 2020 dialers: they get every local event).
     All,
+    /// Every group until the peer first says which it wants: a node that
+    /// starts keeps what it routes for native peers whose links are not
+    /// up yet (a Redis backlog read at start, say), bounded like any sink,
+    /// instead of dropping it for want of an interest.
+    Unknown,
     Groups(HashSet<Arc<str>>),
 }
 
 impl Interest {
     fn matches(&self, group: &str) -> bool {
         match self {
-            Interest::All => true,
+            Interest::All | Interest::Unknown => true,
             Interest::Groups(g) => g.contains(group),
         }
     }
@@ -51,6 +60,8 @@ pub struct Pending {
     pub seq: u64,
     pub group: Arc<str>,
     pub payload: Bytes,
+    /// Where in this node's Redis stream it came from, if it did.
+    pub origin: Origin,
 }
 
 /// Counts a sink reports to metrics (deltas since the last `take_counts`).
@@ -71,6 +82,9 @@ struct State {
     next_seq: u64,
     /// The highest sequence handed to the current connection.
     sent: u64,
+    /// Whether a connection ever started: what waits before the first
+    /// one was collected for this very peer and is kept.
+    connected_once: bool,
     counts: SinkCounts,
 }
 
@@ -84,7 +98,9 @@ pub struct Sink {
     ready: Notify,
     /// Takes no events: the peer gets them another way (both nodes are on
     /// the broker), and a second path would deliver them twice.
-    muted: std::sync::atomic::AtomicBool,
+    muted: AtomicBool,
+    /// Left the outbox: holds nothing anyone waits for any more.
+    gone: AtomicBool,
 }
 
 impl Sink {
@@ -98,17 +114,26 @@ impl Sink {
                 bytes: 0,
                 next_seq: 1,
                 sent: 0,
+                connected_once: false,
                 counts: SinkCounts::default(),
             }),
             ready: Notify::new(),
-            muted: std::sync::atomic::AtomicBool::new(false),
+            muted: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
         }
     }
 
-    /// Stops (or resumes) taking events for this peer.
+    /// Stops (or resumes) taking events for this peer. Muting also forgets
+    /// what waits (not counted as lost: the broker carries the same events
+    /// to that peer, and sending them here too would deliver them twice).
     pub fn mute(&self, muted: bool) {
-        self.muted
-            .store(muted, std::sync::atomic::Ordering::Relaxed);
+        self.muted.store(muted, Ordering::Relaxed);
+        if muted {
+            let mut s = self.lock();
+            s.queue.clear();
+            s.bytes = 0;
+            s.sent = s.next_seq - 1;
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -140,7 +165,7 @@ impl Sink {
         max: usize,
     ) -> Result<InterestChange, TooManyGroups> {
         let mut s = self.lock();
-        if let Interest::All = s.interest {
+        if matches!(s.interest, Interest::All | Interest::Unknown) {
             s.interest = Interest::Groups(HashSet::new());
         }
         let Interest::Groups(set) = &mut s.interest else {
@@ -183,11 +208,11 @@ impl Sink {
         Ok((plus, minus))
     }
 
-    /// The groups this sink carries (empty for `All`).
+    /// The groups this sink carries (empty for `All` and `Unknown`).
     pub fn groups(&self) -> Vec<Arc<str>> {
         match &self.lock().interest {
             Interest::Groups(g) => g.iter().cloned().collect(),
-            Interest::All => Vec::new(),
+            Interest::All | Interest::Unknown => Vec::new(),
         }
     }
 
@@ -198,14 +223,20 @@ impl Sink {
     }
 
     /// Queues the events this sink's peer wants; `payloads` holds one
-    /// shared copy per event, made on first need.
-    fn offer(&self, events: &[(&str, &[u8])], payloads: &mut [Option<(Arc<str>, Bytes)>]) -> bool {
-        if self.muted.load(std::sync::atomic::Ordering::Relaxed) {
-            return false;
+    /// shared copy per event, made on first need; `origins` (empty, or one
+    /// per event) where each came from. Returns the last sequence taken.
+    fn offer(
+        &self,
+        events: &[(&str, &[u8])],
+        origins: &[Origin],
+        payloads: &mut [Option<(Arc<str>, Bytes)>],
+    ) -> Option<u64> {
+        if self.muted.load(Ordering::Relaxed) {
+            return None;
         }
         let mut s = self.lock();
-        let mut any = false;
-        for ((group, payload), shared) in events.iter().zip(payloads.iter_mut()) {
+        let mut last = None;
+        for (i, ((group, payload), shared)) in events.iter().zip(payloads.iter_mut()).enumerate() {
             if !s.interest.matches(group) {
                 continue;
             }
@@ -219,8 +250,9 @@ impl Sink {
                 seq,
                 group: g,
                 payload: p,
+                origin: origins.get(i).copied().unwrap_or_default(),
             });
-            any = true;
+            last = Some(seq);
         }
         while s.queue.len() > self.limits.max_events || s.bytes > self.limits.max_bytes {
             let Some(old) = s.queue.pop_front() else {
@@ -229,7 +261,17 @@ impl Sink {
             s.bytes -= old.payload.len();
             s.counts.evicted += 1;
         }
-        any
+        last
+    }
+
+    /// Whether anything up to `seq` still waits here for the peer (sent
+    /// or not, unacknowledged). Acknowledged, evicted, discarded or muted
+    /// events are not held, nor is anything once the sink left the outbox.
+    pub fn holds(&self, seq: u64) -> bool {
+        if self.gone.load(Ordering::Acquire) {
+            return false;
+        }
+        self.lock().queue.front().is_some_and(|p| p.seq <= seq)
     }
 
     /// Copies (by reference) up to `max_events` / about `max_bytes` of the
@@ -271,13 +313,18 @@ impl Sink {
     /// this sender's run: `Some(seq)` resends everything after `seq`;
     /// `None` (the peer restarted, or never heard of us) discards what was
     /// buffered for its previous run, which has no clients left to want it.
+    /// The first connection of this process's run keeps everything: the
+    /// peer has not heard of a run that only just started, and what waits
+    /// was collected for it.
     pub fn connected(&self, resume: Option<u64>) {
+        let first = !std::mem::replace(&mut self.lock().connected_once, true);
         match resume {
             Some(seq) => {
                 self.ack(seq);
                 let mut s = self.lock();
                 s.sent = seq.min(s.next_seq - 1);
             }
+            None if first => self.lock().sent = 0,
             None => {
                 let mut s = self.lock();
                 s.counts.discarded += s.queue.len() as u64;
@@ -287,6 +334,13 @@ impl Sink {
             }
         }
         self.wake();
+    }
+
+    /// A connection that resumes nothing (AWX's forms): what waits is
+    /// discarded and counted, the first connection included.
+    pub fn start_afresh(&self) {
+        self.lock().connected_once = true;
+        self.connected(None);
     }
 
     /// Forgets everything handed so far at once (AWX links have no acks:
@@ -306,6 +360,43 @@ impl Sink {
     }
 }
 
+/// The sinks that took part of one offer, each with the last sequence it
+/// took. The offer is *released* once none of them holds any of it any
+/// more: acknowledged by the peer (or written, for AWX's forms, which have
+/// no acknowledgements), evicted or discarded (both counted), or the sink
+/// left the outbox. The stream reader keeps its record of what peers have
+/// by this (ARCHITECTURE.md, "Stream events across a crash").
+#[derive(Debug, Default, Clone)]
+pub struct Held(Vec<(Arc<Sink>, u64)>);
+
+impl Held {
+    pub fn released(&self) -> bool {
+        self.0.iter().all(|(sink, seq)| !sink.holds(*seq))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Folds a later offer into this one when the same sinks took both, so
+    /// a run of batches costs one record: released together, since each
+    /// sink releases in order.
+    pub fn absorb(&mut self, later: &Held) -> bool {
+        let same = self.0.len() == later.0.len()
+            && self
+                .0
+                .iter()
+                .zip(&later.0)
+                .all(|((a, _), (b, _))| Arc::ptr_eq(a, b));
+        if same {
+            for ((_, seq), (_, newer)) in self.0.iter_mut().zip(&later.0) {
+                *seq = (*seq).max(*newer);
+            }
+        }
+        same
+    }
+}
+
 /// Every sink of the node, behind `arc-swap`: producers load the list
 /// without a lock; links come and go by publishing a new list.
 #[derive(Default)]
@@ -318,16 +409,26 @@ impl Outbox {
     /// Hands a batch of locally produced events to every sink that wants
     /// them. Never waits: a sink that is full evicts its oldest (counted).
     pub fn offer(&self, events: &[(&str, &[u8])]) {
+        self.offer_from(events, &[]);
+    }
+
+    /// `offer`, with where each event came from (`origins`: empty, or one
+    /// per event); returns which sinks took what, to learn when the peers
+    /// have it.
+    pub fn offer_from(&self, events: &[(&str, &[u8])], origins: &[Origin]) -> Held {
         let sinks = self.sinks.load();
+        let mut held = Held::default();
         if sinks.is_empty() || events.is_empty() {
-            return;
+            return held;
         }
         let mut payloads = vec![None; events.len()];
         for sink in sinks.iter() {
-            if sink.offer(events, &mut payloads) {
+            if let Some(last) = sink.offer(events, origins, &mut payloads) {
                 sink.ready.notify_one();
+                held.0.push((sink.clone(), last));
             }
         }
+        held
     }
 
     /// Whether any link is registered (the emit path skips the outbox
@@ -344,6 +445,7 @@ impl Outbox {
     }
 
     pub fn remove(&self, sink: &Arc<Sink>) {
+        sink.gone.store(true, Ordering::Release);
         let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let mut list = Vec::clone(&self.sinks.load());
         list.retain(|s| !Arc::ptr_eq(s, sink));
@@ -443,6 +545,76 @@ mod tests {
         assert_eq!(seqs(&t), [2]);
         s.ack_sent();
         assert_eq!(s.depth(), 1);
+    }
+
+    /// A native peer's sink keeps everything until the peer first says
+    /// what it wants, and its first connection sends all of it: a node
+    /// that just started routes a backlog before its links are up.
+    #[test]
+    fn before_the_first_interest_a_sink_keeps_everything_for_its_first_connection() {
+        let s = Arc::new(Sink::new("p".into(), Interest::Unknown, limits(100)));
+        let outbox = Outbox::default();
+        outbox.add(s.clone());
+        outbox.offer(&[("g1", b"1"), ("g2", b"2")]);
+        assert!(s.wants("anything"));
+        s.connected(None);
+        s.set_interest(true, &["g1"], &[], 10).unwrap();
+        outbox.offer(&[("g1", b"3"), ("g2", b"4")]);
+        let mut t = Vec::new();
+        s.take(&mut t, 10, usize::MAX);
+        assert_eq!(seqs(&t), [1, 2, 3]);
+        assert_eq!(s.take_counts().discarded, 0);
+        // A later fresh start (the peer restarted) discards, as before.
+        s.connected(None);
+        assert_eq!(s.take_counts().discarded, 3);
+    }
+
+    /// An offer is released once no sink that took part of it holds any
+    /// of it: acknowledged, evicted, muted or the sink gone.
+    #[test]
+    fn an_offer_is_released_when_every_sink_let_go_of_it() {
+        let outbox = Outbox::default();
+        let a = Arc::new(Sink::new("a".into(), Interest::All, limits(2)));
+        let b = Arc::new(Sink::new("b".into(), Interest::All, limits(100)));
+        let c = Arc::new(Sink::new("c".into(), Interest::All, limits(100)));
+        for s in [&a, &b, &c] {
+            outbox.add(s.clone());
+        }
+        let origin = |seq| Origin::Live(super::super::wire::StreamId { ms: 1, seq });
+        let first = outbox.offer_from(&[("g", b"1")], &[origin(1)]);
+        let later = outbox.offer_from(&[("g", b"2")], &[origin(2)]);
+        let mut t = Vec::new();
+        b.take(&mut t, 10, usize::MAX);
+        assert_eq!(t[0].origin, origin(1));
+        assert!(!first.released());
+        b.ack(1);
+        c.mute(true);
+        // a still holds event 1 of the first offer.
+        assert!(!first.released());
+        outbox.offer(&[("g", b"3"), ("g", b"4")]);
+        assert_eq!(a.take_counts().evicted, 2);
+        assert!(
+            first.released(),
+            "a evicted it, b acknowledged it, c was muted"
+        );
+        assert!(!later.released(), "b holds event 2");
+        // Offers to the same sinks fold into one record, released together.
+        let mut x = outbox.offer_from(&[("g", b"5")], &[origin(5)]);
+        let y = outbox.offer_from(&[("g", b"6")], &[origin(6)]);
+        assert!(x.absorb(&y));
+        assert!(!x.absorb(&Held::default()));
+        a.ack(6);
+        assert!(!x.released(), "b holds 5 and 6");
+        b.ack(6);
+        assert!(x.released() && later.released());
+        // A sink that left the outbox holds nothing.
+        let z = outbox.offer_from(&[("g", b"7")], &[origin(7)]);
+        outbox.remove(&a);
+        assert!(!z.released());
+        outbox.remove(&b);
+        assert!(z.released());
+        let none = Outbox::default().offer_from(&[("g", b"x")], &[]);
+        assert!(none.is_empty() && none.released());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The native peer protocol, I/O-free: the messages two wsrelay nodes
 //! exchange inside websocket binary frames once the upgrade negotiated
-//! `wsrelay.peer.v1` (ARCHITECTURE.md, "Peer protocol", is the prose spec).
+//! `wsrelay.peer.v2` (or `v1`, with older nodes; ARCHITECTURE.md, "Peer
+//! protocol", is the prose spec).
 //!
 //! A link carries events one way, from the dialing node (the sender) to the
 //! dialed node (the receiver); the receiver answers on the same link with
@@ -11,8 +12,77 @@ use bytes::{BufMut, BytesMut};
 
 /// The subprotocol token offered and selected in the upgrade. A future
 /// version gets a new token; a node selects the highest it knows.
-pub const SUBPROTOCOL: &str = "wsrelay.peer.v1";
-pub const VERSION: u8 = 1;
+pub const SUBPROTOCOL: &str = "wsrelay.peer.v2";
+/// The first version (events without their stream origin), still spoken
+/// with nodes that know no other.
+pub const SUBPROTOCOL_V1: &str = "wsrelay.peer.v1";
+pub const VERSION: u8 = 2;
+
+/// The protocol version a subprotocol token names.
+pub fn version_of(token: &str) -> Option<u8> {
+    match token {
+        SUBPROTOCOL => Some(2),
+        SUBPROTOCOL_V1 => Some(1),
+        _ => None,
+    }
+}
+
+/// The token of a version this node speaks.
+pub fn token_of(version: u8) -> &'static str {
+    if version == 1 {
+        SUBPROTOCOL_V1
+    } else {
+        SUBPROTOCOL
+    }
+}
+
+/// A Redis stream entry id (`ms-seq`), ordered as Redis orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl StreamId {
+    /// Parses Redis's `ms-seq` form.
+    pub fn parse(id: &str) -> Option<StreamId> {
+        let (ms, seq) = id.split_once('-')?;
+        Some(StreamId {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// Where an event came from, so that a receiver can tell a restarted
+/// sender's replay from new events (ARCHITECTURE.md, "Stream events
+/// across a crash").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Origin {
+    /// Not from the sender's Redis stream (HTTP emit, channels_redis, ...).
+    #[default]
+    None,
+    /// Read from the sender's stream at this entry, for the first time.
+    Live(StreamId),
+    /// Sent again after the sender restarted: the receiver drops it if it
+    /// already delivered this entry or a later one from that sender.
+    Replay(StreamId),
+}
+
+impl Origin {
+    pub fn id(self) -> Option<StreamId> {
+        match self {
+            Origin::None => None,
+            Origin::Live(id) | Origin::Replay(id) => Some(id),
+        }
+    }
+}
 
 mod tag {
     // Sender to receiver.
@@ -48,6 +118,8 @@ pub enum WireError {
     EmptyGroup,
     #[error("sequence numbers in a peer message start at 0 or pass 2^64")]
     BadSequence,
+    #[error("unknown event origin kind {0}")]
+    BadOrigin(u8),
 }
 
 /// One decoded message. Events stay in the frame's bytes and are read
@@ -85,6 +157,7 @@ pub enum PeerMessage<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Events<'a> {
     count: u32,
+    version: u8,
     body: &'a [u8],
 }
 
@@ -99,44 +172,53 @@ impl<'a> Events<'a> {
 }
 
 impl<'a> IntoIterator for Events<'a> {
-    type Item = (&'a str, &'a [u8]);
+    type Item = (&'a str, Origin, &'a [u8]);
     type IntoIter = EventIter<'a>;
     fn into_iter(self) -> EventIter<'a> {
         EventIter {
             left: self.count,
+            version: self.version,
             r: Reader(self.body),
         }
     }
 }
 
-/// Iterates `(group, payload)`; the body was checked whole by `decode`.
+/// Iterates `(group, origin, payload)`; the body was checked whole by
+/// `decode`.
 pub struct EventIter<'a> {
     left: u32,
+    version: u8,
     r: Reader<'a>,
 }
 
 impl<'a> Iterator for EventIter<'a> {
-    type Item = (&'a str, &'a [u8]);
+    type Item = (&'a str, Origin, &'a [u8]);
     fn next(&mut self) -> Option<Self::Item> {
         if self.left == 0 {
             return None;
         }
         self.left -= 1;
         let group = self.r.str().ok()?;
+        let origin = self.r.origin(self.version).ok()?;
         let payload = self.r.payload().ok()?;
-        Some((group, payload))
+        Some((group, origin, payload))
     }
 }
 
-/// Decodes one binary message.
+/// Decodes one binary message of the current version.
 pub fn decode(msg: &[u8]) -> Result<PeerMessage<'_>, WireError> {
+    decode_version(msg, VERSION)
+}
+
+/// Decodes one binary message of the link's negotiated `version` (1 or 2).
+pub fn decode_version(msg: &[u8], version: u8) -> Result<PeerMessage<'_>, WireError> {
     let (&t, rest) = msg.split_first().ok_or(WireError::Empty)?;
     let mut r = Reader(rest);
     let m = match t {
         tag::HELLO => {
-            let version = r.u8()?;
-            if version != VERSION {
-                return Err(WireError::Version(version));
+            let hello_version = r.u8()?;
+            if hello_version != version {
+                return Err(WireError::Version(hello_version));
             }
             PeerMessage::Hello {
                 node: r.str()?,
@@ -161,6 +243,7 @@ pub fn decode(msg: &[u8]) -> Result<PeerMessage<'_>, WireError> {
                 if r.str()?.is_empty() {
                     return Err(WireError::EmptyGroup);
                 }
+                r.origin(version)?;
                 if simdutf8::basic::from_utf8(r.payload()?).is_err() {
                     return Err(WireError::PayloadNotUtf8);
                 }
@@ -170,6 +253,7 @@ pub fn decode(msg: &[u8]) -> Result<PeerMessage<'_>, WireError> {
                 first_seq,
                 events: Events {
                     count,
+                    version,
                     body: &body[..used],
                 },
             }
@@ -208,9 +292,14 @@ pub fn decode(msg: &[u8]) -> Result<PeerMessage<'_>, WireError> {
 }
 
 pub fn hello(node: &str, incarnation: u64) -> BytesMut {
+    hello_version(node, incarnation, VERSION)
+}
+
+/// The hello of a link that negotiated `version`.
+pub fn hello_version(node: &str, incarnation: u64, version: u8) -> BytesMut {
     let mut b = BytesMut::with_capacity(16 + node.len());
     b.put_u8(tag::HELLO);
-    b.put_u8(VERSION);
+    b.put_u8(version);
     put_str(&mut b, node);
     b.put_u64(incarnation);
     b
@@ -262,11 +351,23 @@ pub struct EventsWriter {
     pub buf: BytesMut,
     head: usize,
     count: u32,
+    version: u8,
 }
 
 impl EventsWriter {
-    /// Starts a batch after `reserve_front` bytes of room.
-    pub fn start(mut buf: BytesMut, reserve_front: usize, first_seq: u64) -> Self {
+    /// Starts a batch of the current version after `reserve_front` bytes
+    /// of room.
+    pub fn start(buf: BytesMut, reserve_front: usize, first_seq: u64) -> Self {
+        Self::start_version(buf, reserve_front, first_seq, VERSION)
+    }
+
+    /// Starts a batch of the link's negotiated `version`.
+    pub fn start_version(
+        mut buf: BytesMut,
+        reserve_front: usize,
+        first_seq: u64,
+        version: u8,
+    ) -> Self {
         buf.clear();
         buf.resize(reserve_front, 0);
         let head = buf.len();
@@ -277,11 +378,16 @@ impl EventsWriter {
             buf,
             head,
             count: 0,
+            version,
         }
     }
 
-    pub fn push(&mut self, group: &str, payload: &[u8]) {
+    /// Appends one event; a version 1 link carries no origin.
+    pub fn push(&mut self, group: &str, origin: Origin, payload: &[u8]) {
         put_str(&mut self.buf, group);
+        if self.version >= 2 {
+            put_origin(&mut self.buf, origin);
+        }
         self.buf.put_u32(payload.len() as u32);
         self.buf.extend_from_slice(payload);
         self.count += 1;
@@ -319,10 +425,11 @@ pub struct BrokerBatch<'a> {
     pub events: BrokerEvents<'a>,
 }
 
-/// The `(seq, payload)` pairs of a broker message, read in place.
+/// The `(seq, origin, payload)` triples of a broker message, read in place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerEvents<'a> {
     count: u32,
+    version: u8,
     body: &'a [u8],
 }
 
@@ -337,32 +444,36 @@ impl BrokerEvents<'_> {
 }
 
 impl<'a> IntoIterator for BrokerEvents<'a> {
-    type Item = (u64, &'a [u8]);
+    type Item = (u64, Origin, &'a [u8]);
     type IntoIter = BrokerEventIter<'a>;
     fn into_iter(self) -> BrokerEventIter<'a> {
         BrokerEventIter {
             left: self.count,
+            version: self.version,
             r: Reader(self.body),
         }
     }
 }
 
-/// Iterates `(seq, payload)`; the body was checked whole by `decode_broker`.
+/// Iterates `(seq, origin, payload)`; the body was checked whole by
+/// `decode_broker`.
 pub struct BrokerEventIter<'a> {
     left: u32,
+    version: u8,
     r: Reader<'a>,
 }
 
 impl<'a> Iterator for BrokerEventIter<'a> {
-    type Item = (u64, &'a [u8]);
+    type Item = (u64, Origin, &'a [u8]);
     fn next(&mut self) -> Option<Self::Item> {
         if self.left == 0 {
             return None;
         }
         self.left -= 1;
         let seq = self.r.u64().ok()?;
+        let origin = self.r.origin(self.version).ok()?;
         let payload = self.r.payload().ok()?;
-        Some((seq, payload))
+        Some((seq, origin, payload))
     }
 }
 
@@ -375,8 +486,9 @@ pub fn decode_broker(msg: &[u8]) -> Result<BrokerBatch<'_>, WireError> {
         return Err(WireError::UnknownTag(t));
     }
     let mut r = Reader(rest);
+    // Version 1 messages (no origins) still come from older nodes.
     let version = r.u8()?;
-    if version != VERSION {
+    if !(1..=VERSION).contains(&version) {
         return Err(WireError::Version(version));
     }
     let node = r.str()?;
@@ -394,6 +506,7 @@ pub fn decode_broker(msg: &[u8]) -> Result<BrokerBatch<'_>, WireError> {
             return Err(WireError::BadSequence);
         }
         last = seq;
+        r.origin(version)?;
         if simdutf8::basic::from_utf8(r.payload()?).is_err() {
             return Err(WireError::PayloadNotUtf8);
         }
@@ -405,7 +518,11 @@ pub fn decode_broker(msg: &[u8]) -> Result<BrokerBatch<'_>, WireError> {
         node,
         incarnation,
         group,
-        events: BrokerEvents { count, body },
+        events: BrokerEvents {
+            count,
+            version,
+            body,
+        },
     })
 }
 
@@ -433,8 +550,9 @@ impl BrokerWriter {
         }
     }
 
-    pub fn push(&mut self, seq: u64, payload: &[u8]) {
+    pub fn push(&mut self, seq: u64, origin: Origin, payload: &[u8]) {
         self.buf.put_u64(seq);
+        put_origin(&mut self.buf, origin);
         self.buf.put_u32(payload.len() as u32);
         self.buf.extend_from_slice(payload);
         self.count += 1;
@@ -460,6 +578,23 @@ fn put_list<'a>(b: &mut BytesMut, list: impl ExactSizeIterator<Item = &'a str>) 
     b.put_u32(list.len() as u32);
     for g in list {
         put_str(b, g);
+    }
+}
+
+/// An origin: a kind byte (0 none, 1 live, 2 replay), then the entry id's
+/// two numbers unless none.
+fn put_origin(b: &mut BytesMut, origin: Origin) {
+    match origin {
+        Origin::None => b.put_u8(0),
+        Origin::Live(id) | Origin::Replay(id) => {
+            b.put_u8(if matches!(origin, Origin::Live(_)) {
+                1
+            } else {
+                2
+            });
+            b.put_u64(id.ms);
+            b.put_u64(id.seq);
+        }
     }
 }
 
@@ -501,6 +636,25 @@ impl<'a> Reader<'a> {
     fn payload(&mut self) -> Result<&'a [u8], WireError> {
         let n = self.u32()? as usize;
         self.take(n)
+    }
+    /// An event's origin; version 1 carries none.
+    fn origin(&mut self, version: u8) -> Result<Origin, WireError> {
+        if version < 2 {
+            return Ok(Origin::None);
+        }
+        let kind = self.u8()?;
+        if kind == 0 {
+            return Ok(Origin::None);
+        }
+        let id = StreamId {
+            ms: self.u64()?,
+            seq: self.u64()?,
+        };
+        match kind {
+            1 => Ok(Origin::Live(id)),
+            2 => Ok(Origin::Replay(id)),
+            other => Err(WireError::BadOrigin(other)),
+        }
     }
     fn strs(&mut self) -> Result<Vec<&'a str>, WireError> {
         let n = self.u32()? as usize;
@@ -566,10 +720,11 @@ mod tests {
 
     #[test]
     fn events_batch_round_trips_after_reserved_room() {
+        let id = |ms, seq| StreamId { ms, seq };
         let mut w = EventsWriter::start(BytesMut::new(), 14, 100);
-        w.push("g1", b"{\"a\":1}");
-        w.push("g2", b"");
-        w.push("g1", &[b'x'; 70_000]);
+        w.push("g1", Origin::Live(id(1_700_000_000_000, 3)), b"{\"a\":1}");
+        w.push("g2", Origin::None, b"");
+        w.push("g1", Origin::Replay(id(5, u64::MAX)), &[b'x'; 70_000]);
         assert_eq!(w.count(), 3);
         let (buf, at) = w.finish();
         assert_eq!(at, 14);
@@ -579,9 +734,64 @@ mod tests {
         assert_eq!(first_seq, 100);
         assert_eq!(events.len(), 3);
         let got: Vec<_> = events.into_iter().collect();
-        assert_eq!(got[0], ("g1", &b"{\"a\":1}"[..]));
-        assert_eq!(got[1], ("g2", &b""[..]));
-        assert_eq!(got[2].1.len(), 70_000);
+        assert_eq!(
+            got[0],
+            (
+                "g1",
+                Origin::Live(id(1_700_000_000_000, 3)),
+                &b"{\"a\":1}"[..]
+            )
+        );
+        assert_eq!(got[1], ("g2", Origin::None, &b""[..]));
+        assert_eq!(got[2].1, Origin::Replay(id(5, u64::MAX)));
+        assert_eq!(got[2].2.len(), 70_000);
+    }
+
+    /// Links to nodes that speak only version 1 carry no origins, and
+    /// their messages decode as they always did.
+    #[test]
+    fn version_1_links_carry_no_origins() {
+        assert_eq!(version_of(SUBPROTOCOL_V1), Some(1));
+        assert_eq!(version_of(SUBPROTOCOL), Some(VERSION));
+        assert_eq!(version_of("wsrelay.peer.v9"), None);
+        let origin = Origin::Live(StreamId { ms: 1, seq: 2 });
+        let mut w = EventsWriter::start_version(BytesMut::new(), 0, 1, 1);
+        w.push("g", origin, b"{}");
+        let (v1, _) = w.finish();
+        let mut w = EventsWriter::start(BytesMut::new(), 0, 1);
+        w.push("g", origin, b"{}");
+        let (v2, _) = w.finish();
+        assert_eq!(v2.len(), v1.len() + 17);
+        let PeerMessage::Events { events, .. } = decode_version(&v1, 1).unwrap() else {
+            panic!("not events");
+        };
+        let got: Vec<_> = events.into_iter().collect();
+        assert_eq!(got, vec![("g", Origin::None, &b"{}"[..])]);
+        // Each side reads what its version says: a mismatch is an error,
+        // not a misreading.
+        assert!(decode_version(&v1, 2).is_err());
+        assert!(decode_version(&v2, 1).is_err());
+        assert_eq!(
+            decode_version(&hello_version("n", 1, 1), 2),
+            Err(WireError::Version(1))
+        );
+        assert!(decode_version(&hello_version("n", 1, 1), 1).is_ok());
+        // An origin kind that does not exist.
+        let mut bad = v2.to_vec();
+        let kind_at = 1 + 8 + 4 + 2 + 1;
+        bad[kind_at] = 7;
+        assert_eq!(decode(&bad), Err(WireError::BadOrigin(7)));
+    }
+
+    #[test]
+    fn stream_ids_parse_and_order_as_redis_does() {
+        let a = StreamId::parse("1700000000000-0").unwrap();
+        let b = StreamId::parse("1700000000000-10").unwrap();
+        let c = StreamId::parse("1700000000001-0").unwrap();
+        assert!(a < b && b < c);
+        assert_eq!(b.to_string(), "1700000000000-10");
+        assert_eq!(StreamId::parse("17"), None);
+        assert_eq!(StreamId::parse("a-1"), None);
     }
 
     #[test]
@@ -592,7 +802,7 @@ mod tests {
         h[1] = 9;
         assert_eq!(decode(&h), Err(WireError::Version(9)));
         let mut w = EventsWriter::start(BytesMut::new(), 0, 1);
-        w.push("g", b"abc");
+        w.push("g", Origin::Live(StreamId { ms: 1, seq: 1 }), b"abc");
         let (buf, _) = w.finish();
         for cut in 1..buf.len() {
             assert!(decode(&buf[..cut]).is_err(), "cut at {cut}");
@@ -606,7 +816,7 @@ mod tests {
         bogus.push(1);
         bogus.extend_from_slice(&u32::MAX.to_be_bytes());
         assert_eq!(decode(&bogus), Err(WireError::Truncated));
-        let mut bad_utf8 = vec![0x01, 1, 0, 1, 0xff];
+        let mut bad_utf8 = vec![0x01, VERSION, 0, 1, 0xff];
         bad_utf8.extend_from_slice(&0u64.to_be_bytes());
         assert_eq!(decode(&bad_utf8), Err(WireError::NotUtf8));
     }
@@ -617,7 +827,7 @@ mod tests {
         let batch = |first_seq: u64, events: &[(&str, &[u8])]| {
             let mut w = EventsWriter::start(BytesMut::new(), 0, first_seq);
             for (g, p) in events {
-                w.push(g, p);
+                w.push(g, Origin::None, p);
             }
             w.finish().0
         };

@@ -7,6 +7,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::routes::{RouteTable, Routes};
+use crate::backplane::outbox::Held;
+use crate::backplane::wire::Origin;
 use crate::backplane::Outbox;
 use crate::protocol::frame;
 
@@ -79,6 +81,29 @@ impl Router {
                 self.route_here(events).await
             }
             _ => self.route_here(events).await,
+        }
+    }
+
+    /// Routes a batch read from this node's Redis stream: as `route`, with
+    /// each event's entry id (`origins`, one per event) handed to the
+    /// peers' sinks; returns what the peers hold of the batch, so the
+    /// reader learns when they all have it.
+    pub async fn route_stream(
+        &self,
+        events: &[(&str, &[u8])],
+        origins: &[Origin],
+    ) -> Result<(Routed, Held), RouteError> {
+        let held = self.offer_to_peers(events, origins);
+        let routed = self.route_here(events.iter().copied()).await?;
+        Ok((routed, held))
+    }
+
+    /// Hands events to the peers only, never to this node's clients: a
+    /// restarted node's replay of stream entries its peers may have missed.
+    pub fn offer_to_peers(&self, events: &[(&str, &[u8])], origins: &[Origin]) -> Held {
+        match &self.peers {
+            Some(outbox) => outbox.offer_from(events, origins),
+            None => Held::default(),
         }
     }
 

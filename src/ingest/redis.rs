@@ -7,7 +7,7 @@
 //! counts the error, backs off with jitter (100 ms doubling to 5 s), and on
 //! return re-registers every membership. Clients stay connected throughout.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,6 +21,8 @@ use super::channels_redis::{consistent_hash, decode, Malformed, Naming};
 use super::stream::{self, BadEntry, Fields};
 use crate::config::Config;
 
+use crate::backplane::outbox::Held;
+use crate::backplane::wire::{Origin, StreamId};
 use crate::fanout::{Changes, Router, Routes};
 use crate::metrics::Metrics;
 
@@ -56,8 +58,16 @@ struct Ingest {
     stream_group: String,
     stream_consumer: String,
     stream_maxlen: u64,
+    /// Where the stream reader records the last entry every peer has
+    /// confirmed (`<stream key>:relayed:<node>`).
+    relayed_key: String,
+    /// Entries replayed to peers at start at most (their buffer's size).
+    replay_max: usize,
     max_group_name: usize,
     backlog_hold: Duration,
+    /// True once the backplane's sinks exist (`Node::start`): nothing is
+    /// read before, so a backlog or a replay reaches the peers too.
+    backplane_ready: watch::Receiver<bool>,
 }
 
 /// Starts the ingest thread. Returns its handle and the receiver of the
@@ -68,6 +78,7 @@ pub(crate) fn spawn(
     router: Arc<Router>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
+    backplane_ready: watch::Receiver<bool>,
 ) -> Result<(std::thread::JoinHandle<()>, watch::Receiver<u64>), RedisError> {
     let pools = config
         .redis
@@ -98,8 +109,11 @@ pub(crate) fn spawn(
         stream_group: format!("wsrelay:{}", config.node_id),
         stream_consumer: config.node_id.clone(),
         stream_maxlen: config.stream_maxlen,
+        relayed_key: format!("{}:relayed:{}", config.stream_key, config.node_id),
+        replay_max: config.peer_buffer_events.max(1),
         max_group_name: config.max_group_name,
         backlog_hold: config.backlog_hold,
+        backplane_ready,
     });
     tracing::info!(
         hosts = ingest.pools.len(),
@@ -360,7 +374,7 @@ impl Ingest {
         let host = self.host_of(&self.naming.channel_base);
         let mut backoff = Backoff::new();
         let mut down = false;
-        if !self.hold(&shutdown).await {
+        if !self.backplane(&shutdown).await || !self.hold(&shutdown).await {
             return;
         }
         while !*shutdown.borrow() {
@@ -418,6 +432,17 @@ impl Ingest {
         self.resync.notify_one();
     }
 
+    /// Waits until the backplane can take what is read (bounded: a node
+    /// that failed to start drops the sender); `false` if shutdown came
+    /// first.
+    async fn backplane(&self, shutdown: &watch::Receiver<bool>) -> bool {
+        let mut ready = self.backplane_ready.clone();
+        tokio::select! {
+            _ = ready.wait_for(|r| *r) => true,
+            () = stopped(shutdown.clone()) => false,
+        }
+    }
+
     /// Waits out the backlog hold; `false` if shutdown came first.
     async fn hold(&self, shutdown: &watch::Receiver<bool>) -> bool {
         tokio::select! {
@@ -428,7 +453,11 @@ impl Ingest {
 
     /// Reads the native stream with a consumer group: first this node's own
     /// pending entries (read before a crash, never acknowledged), then new
-    /// ones; routes each batch in order, then acknowledges and trims.
+    /// ones; routes each batch in order, then acknowledges it. The stream
+    /// is trimmed only behind what every peer has confirmed, and that mark
+    /// is kept in Redis too, so a node that crashed replays to its peers
+    /// what they may not have (ARCHITECTURE.md, "Stream events across a
+    /// crash").
     async fn stream(&self, shutdown: watch::Receiver<bool>) {
         if self.stream_key.is_empty() {
             return;
@@ -439,18 +468,39 @@ impl Ingest {
         if let Ok(mut conn) = self.pools[host].get().await {
             let _ = self.ensure_group(&mut conn).await;
         }
-        if !self.hold(&shutdown).await {
+        if !self.backplane(&shutdown).await {
             return;
         }
+        let mut relayed = Relayed::default();
+        // The replay goes to the peers only, and their sinks keep it until
+        // the links are up: it need not wait for the hold.
+        let mut replayed = false;
+        let mut held_back = false;
         let mut backoff = Backoff::new();
         let mut down = false;
+        // The last entry routed by this process: after a lost connection
+        // the pending entries read again are acknowledged, not routed twice.
+        let mut last_routed: Option<StreamId> = None;
         while !*shutdown.borrow() {
             let result = async {
                 let mut conn = self.pools[host].get().await.map_err(pool_error)?;
                 conn.set_response_timeout(Duration::from_secs(10));
                 self.ensure_group(&mut conn).await?;
+                if !replayed {
+                    self.replay_to_peers(&mut conn, &mut relayed).await?;
+                    replayed = true;
+                }
+                if !held_back {
+                    if !self.hold(&shutdown).await {
+                        return Ok(());
+                    }
+                    held_back = true;
+                }
                 let mut cursor = "0".to_owned();
                 while !*shutdown.borrow() {
+                    // While peers owe confirmations, come back soon to
+                    // record them even if nothing new arrives.
+                    let block = if relayed.waiting.is_empty() { 1000 } else { 20 };
                     let reply: Value = redis::cmd("XREADGROUP")
                         .arg("GROUP")
                         .arg(&self.stream_group)
@@ -458,7 +508,7 @@ impl Ingest {
                         .arg("COUNT")
                         .arg(self.batch)
                         .arg("BLOCK")
-                        .arg(1000)
+                        .arg(block)
                         .arg("STREAMS")
                         .arg(&self.stream_key)
                         .arg(&cursor)
@@ -470,7 +520,8 @@ impl Ingest {
                     }
                     backoff.reset();
                     let entries = stream_entries(reply);
-                    if cursor != ">" {
+                    let rereading = cursor != ">";
+                    if rereading {
                         // Done with this node's pending entries: go on to new ones.
                         match entries.last() {
                             Some((id, _)) => cursor = id.clone(),
@@ -480,46 +531,24 @@ impl Ingest {
                             }
                         }
                     }
-                    if entries.is_empty() {
-                        continue;
+                    let fresh: Vec<&(String, Fields)> = entries
+                        .iter()
+                        .filter(|(id, _)| {
+                            let id = StreamId::parse(id);
+                            last_routed.is_none() || id.is_none_or(|id| Some(id) > last_routed)
+                        })
+                        .collect();
+                    if let Some((last, _)) = fresh.last() {
+                        // Entries read again after a crash may have reached
+                        // the peers already: they go as replays, which a
+                        // peer drops if it has them.
+                        let held = self.deliver_stream(&fresh, rereading).await;
+                        relayed.push(last, held, fresh.len() as u64);
                     }
-                    self.deliver_stream(&entries).await;
-                    // Acknowledge, then trim what this group has consumed
-                    // (MINID just past the last acknowledged entry).
-                    let last = &entries[entries.len() - 1].0;
-                    let mut pipe = redis::pipe();
-                    pipe.cmd("XACK")
-                        .arg(&self.stream_key)
-                        .arg(&self.stream_group);
-                    for (id, _) in &entries {
-                        pipe.arg(id);
+                    if let Some(id) = entries.last().and_then(|(id, _)| StreamId::parse(id)) {
+                        last_routed = Some(last_routed.map_or(id, |l| l.max(id)));
                     }
-                    pipe.ignore();
-                    // Exact, not `~`: what is left is then exactly the unread
-                    // entries, so the cap below counts its losses exactly.
-                    pipe.cmd("XTRIM")
-                        .arg(&self.stream_key)
-                        .arg("MINID")
-                        .arg(id_after(last))
-                        .ignore();
-                    pipe.cmd("XLEN").arg(&self.stream_key);
-                    let (len,): (u64,) = pipe.query_async(&mut *conn).await?;
-                    if len > self.stream_maxlen {
-                        // Far behind: the cap protects Redis's memory, and
-                        // what it removes unread is counted, not silent.
-                        let trimmed: u64 = redis::cmd("XTRIM")
-                            .arg(&self.stream_key)
-                            .arg("MAXLEN")
-                            .arg(self.stream_maxlen)
-                            .query_async(&mut *conn)
-                            .await?;
-                        self.metrics.stream_trimmed_unread.inc_by(trimmed);
-                        tracing::warn!(
-                            trimmed,
-                            maxlen = self.stream_maxlen,
-                            "stream over its cap: oldest unread entries trimmed"
-                        );
-                    }
+                    self.settle(&mut conn, &entries, &mut relayed).await?;
                 }
                 Ok(())
             }
@@ -531,6 +560,171 @@ impl Ingest {
                 backoff.wait().await;
             }
         }
+        // Stopping: the peers get a moment to confirm what is on its way
+        // (the links stop after this thread), so a restart replays little.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !relayed.settled() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Ok(mut conn) = self.pools[host].get().await {
+            let _ = self.settle(&mut conn, &[], &mut relayed).await;
+        }
+    }
+
+    /// Acknowledges `entries` (routed), records how far every peer has
+    /// confirmed and trims the stream behind that; applies the cap.
+    async fn settle(
+        &self,
+        conn: &mut deadpool_redis::Connection,
+        entries: &[(String, Fields)],
+        relayed: &mut Relayed,
+    ) -> redis::RedisResult<()> {
+        let confirmed = relayed.release();
+        self.metrics.stream_unconfirmed.set(relayed.entries as i64);
+        if entries.is_empty() && confirmed.is_none() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        if !entries.is_empty() {
+            pipe.cmd("XACK")
+                .arg(&self.stream_key)
+                .arg(&self.stream_group);
+            for (id, _) in entries {
+                pipe.arg(id);
+            }
+            pipe.ignore();
+        }
+        if let Some(upto) = &confirmed {
+            pipe.cmd("SET").arg(&self.relayed_key).arg(upto).ignore();
+            // Exact, not `~`: what is left is then exactly the unread and
+            // the unconfirmed entries, so the cap below counts its losses
+            // exactly.
+            pipe.cmd("XTRIM")
+                .arg(&self.stream_key)
+                .arg("MINID")
+                .arg(id_after(upto))
+                .ignore();
+        }
+        pipe.cmd("XLEN").arg(&self.stream_key);
+        let (len,): (u64,) = pipe.query_async(&mut **conn).await?;
+        // The cap is on what is unread; what peers have not confirmed is
+        // bounded by their buffers and stays for a replay.
+        let cap = self.stream_maxlen.saturating_add(relayed.entries);
+        if len > cap {
+            // Far behind: the cap protects Redis's memory, and what it
+            // removes unread is counted, not silent.
+            let trimmed: u64 = redis::cmd("XTRIM")
+                .arg(&self.stream_key)
+                .arg("MAXLEN")
+                .arg(cap)
+                .query_async(&mut **conn)
+                .await?;
+            self.metrics.stream_trimmed_unread.inc_by(trimmed);
+            tracing::warn!(
+                trimmed,
+                maxlen = self.stream_maxlen,
+                "stream over its cap: oldest unread entries trimmed"
+            );
+        }
+        Ok(())
+    }
+
+    /// At start: what an earlier run delivered but its peers had not all
+    /// confirmed (after the recorded mark, up to the group's last delivered
+    /// entry) goes to the peers again, as replays. At most the peers'
+    /// buffer size, newest kept; nothing without a mark (a first start,
+    /// which sets it).
+    async fn replay_to_peers(
+        &self,
+        conn: &mut deadpool_redis::Connection,
+        relayed: &mut Relayed,
+    ) -> redis::RedisResult<()> {
+        let mark: Option<String> = redis::cmd("GET")
+            .arg(&self.relayed_key)
+            .query_async(&mut **conn)
+            .await?;
+        let groups: Value = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&self.stream_key)
+            .query_async(&mut **conn)
+            .await?;
+        let Some(last) = last_delivered(groups, &self.stream_group) else {
+            return Ok(());
+        };
+        let Some(mark) = mark else {
+            // A first start: everything read so far is history; from here
+            // on the mark follows the peers.
+            let _: () = redis::cmd("SET")
+                .arg(&self.relayed_key)
+                .arg(&last)
+                .query_async(&mut **conn)
+                .await?;
+            return Ok(());
+        };
+        let (Some(from), Some(to)) = (StreamId::parse(&mark), StreamId::parse(&last)) else {
+            return Ok(());
+        };
+        if to <= from {
+            return Ok(());
+        }
+        // Where to start: the newest `replay_max` entries of the range.
+        let newest: Value = redis::cmd("XREVRANGE")
+            .arg(&self.stream_key)
+            .arg(&last)
+            .arg(format!("({mark}"))
+            .arg("COUNT")
+            .arg(self.replay_max)
+            .query_async(&mut **conn)
+            .await?;
+        let newest = entries_of(newest);
+        let Some((first, _)) = newest.last() else {
+            return Ok(());
+        };
+        let mut start = first.clone();
+        let mut total = 0u64;
+        loop {
+            let reply: Value = redis::cmd("XRANGE")
+                .arg(&self.stream_key)
+                .arg(&start)
+                .arg(&last)
+                .arg("COUNT")
+                .arg(self.batch)
+                .query_async(&mut **conn)
+                .await?;
+            let entries = entries_of(reply);
+            let Some((end, _)) = entries.last() else {
+                break;
+            };
+            let end = end.clone();
+            let mut events: Vec<(String, Bytes)> = Vec::with_capacity(entries.len());
+            let mut origins = Vec::with_capacity(entries.len());
+            for (id, fields) in &entries {
+                if let (Ok(e), Some(id)) = (
+                    stream::event(fields, self.max_group_name),
+                    StreamId::parse(id),
+                ) {
+                    events.push(e);
+                    origins.push(Origin::Replay(id));
+                }
+            }
+            let refs: Vec<(&str, &[u8])> =
+                events.iter().map(|(g, p)| (g.as_str(), &p[..])).collect();
+            let held = self.router.offer_to_peers(&refs, &origins);
+            relayed.push(&end, held, entries.len() as u64);
+            total += entries.len() as u64;
+            if end == last || entries.len() < self.batch {
+                break;
+            }
+            start = format!("({end}");
+        }
+        self.metrics.stream_replayed.inc_by(total);
+        tracing::info!(
+            entries = total,
+            from = %mark,
+            to = %last,
+            "stream: replaying to peers what an earlier run delivered but they had not confirmed"
+        );
+        Ok(())
     }
 
     /// Creates this node's consumer group (and the stream) unless it exists.
@@ -549,15 +743,36 @@ impl Ingest {
         }
     }
 
-    async fn deliver_stream(&self, entries: &[(String, Fields)]) {
+    /// Routes stream entries in order, each with its id for the peers
+    /// (`replay`: read again after a crash); returns what peers hold.
+    async fn deliver_stream(&self, entries: &[&(String, Fields)], replay: bool) -> Held {
         let mut events: Vec<(String, Bytes)> = Vec::with_capacity(entries.len());
-        for (_, fields) in entries {
+        let mut origins = Vec::with_capacity(entries.len());
+        for (id, fields) in entries {
             match stream::event(fields, self.max_group_name) {
-                Ok(e) => events.push(e),
+                Ok(e) => {
+                    events.push(e);
+                    origins.push(match StreamId::parse(id) {
+                        Some(id) if replay => Origin::Replay(id),
+                        Some(id) => Origin::Live(id),
+                        None => Origin::None,
+                    });
+                }
                 Err(why) => self.skip_stream(why),
             }
         }
-        self.route(&events, &self.metrics.events_in_stream).await;
+        if events.is_empty() {
+            return Held::default();
+        }
+        let refs: Vec<(&str, &[u8])> = events.iter().map(|(g, p)| (g.as_str(), &p[..])).collect();
+        match self.router.route_stream(&refs, &origins).await {
+            Ok((routed, held)) => {
+                self.metrics.events_in_stream.inc_by(routed.accepted);
+                self.metrics.events_unrouted.inc_by(routed.unrouted);
+                held
+            }
+            Err(_) => Held::default(),
+        }
     }
 
     fn skip_stream(&self, why: BadEntry) {
@@ -640,6 +855,84 @@ fn score(v: &Value) -> Option<f64> {
     }
 }
 
+/// What the stream reader routed that the peers have not all confirmed,
+/// oldest first: one record per run of batches the same sinks took (each
+/// sink releases in order, so a run is released at once). Bounded by the
+/// peers' buffers: a sink that fills evicts, which releases.
+#[derive(Default)]
+struct Relayed {
+    /// (last entry id of the run, who holds it, entries in it)
+    waiting: VecDeque<(String, Held, u64)>,
+    entries: u64,
+}
+
+impl Relayed {
+    fn push(&mut self, last: &str, held: Held, entries: u64) {
+        self.entries += entries;
+        if let Some(back) = self.waiting.back_mut() {
+            if back.1.absorb(&held) {
+                back.0 = last.to_owned();
+                back.2 += entries;
+                return;
+            }
+        }
+        self.waiting.push_back((last.to_owned(), held, entries));
+    }
+
+    /// Whether every peer has everything.
+    fn settled(&self) -> bool {
+        self.waiting.iter().all(|(_, held, _)| held.released())
+    }
+
+    /// Forgets what every peer now has; returns the last entry of it.
+    fn release(&mut self) -> Option<String> {
+        let mut upto = None;
+        while self
+            .waiting
+            .front()
+            .is_some_and(|(_, held, _)| held.released())
+        {
+            let (last, _, n) = self.waiting.pop_front().expect("checked");
+            self.entries -= n;
+            upto = Some(last);
+        }
+        upto
+    }
+}
+
+/// `XINFO GROUPS`' `last-delivered-id` of `group` (arrays of field/value
+/// pairs in RESP2, maps in RESP3).
+fn last_delivered(v: Value, group: &str) -> Option<String> {
+    let Value::Array(groups) = v else { return None };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    groups.into_iter().find_map(|g| {
+        let pairs: Vec<(Value, Value)> = match g {
+            Value::Array(kv) => kv
+                .chunks(2)
+                .filter_map(|c| match c {
+                    [k, v] => Some((k.clone(), v.clone())),
+                    _ => None,
+                })
+                .collect(),
+            Value::Map(m) => m,
+            _ => return None,
+        };
+        let field = |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| text(k).as_deref() == Some(name))
+                .and_then(|(_, v)| text(v))
+        };
+        (field("name").as_deref() == Some(group))
+            .then(|| field("last-delivered-id"))
+            .flatten()
+    })
+}
+
 /// The smallest stream id after `id` (`ms-seq` -> `ms-(seq+1)`), so that
 /// `XTRIM MINID` removes `id` itself too.
 fn id_after(id: &str) -> String {
@@ -666,9 +959,21 @@ fn stream_entries(v: Value) -> Vec<(String, Fields)> {
     let mut out = Vec::new();
     for s in streams {
         let Value::Array(mut kv) = s else { continue };
-        let Some(Value::Array(entries)) = kv.pop() else {
+        let Some(entries) = kv.pop() else {
             continue;
         };
+        out.extend(entries_of(entries));
+    }
+    out
+}
+
+/// Entries as `XRANGE` returns them: `[[id, [field, value, ...]], ...]`.
+fn entries_of(v: Value) -> Vec<(String, Fields)> {
+    let Value::Array(entries) = v else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    {
         for e in entries {
             let Value::Array(mut parts) = e else { continue };
             if parts.len() != 2 {

@@ -1,6 +1,6 @@
 //! Links other nodes dial to this one, served on the workers like any
 //! connection: on either path the native protocol when the upgrade offers
-//! `wsrelay.peer.v1`; otherwise AWX's 2020 form on `/websocket/broadcast/`
+//! `wsrelay.peer.v2` (or `v1`); otherwise AWX's 2020 form on `/websocket/broadcast/`
 //! and AWX's 2022 form on `/websocket/relay/`.
 //!
 //! The `secret` header is checked before the upgrade: a refused dialer
@@ -80,9 +80,14 @@ pub(super) async fn run<S: Stream>(
             return conn::answer_and_close(stream, reply).await;
         }
     };
-    let native_offered = head
-        .header("sec-websocket-protocol")
-        .is_some_and(|v| v.split(',').any(|p| p.trim() == wire::SUBPROTOCOL));
+    // The highest native version offered: a node that offers both gets
+    // origins with its events, one that knows only the first does not.
+    let native_version = head.header("sec-websocket-protocol").and_then(|v| {
+        v.split(',')
+            .filter_map(|p| wire::version_of(p.trim()))
+            .max()
+    });
+    let native_offered = native_version.is_some();
     // Native links also prove freshness (a nonce accepted once) and get a
     // proof back; AWX's forms keep AWX's rule (README: residual risk).
     let dial = if native_offered {
@@ -116,7 +121,7 @@ pub(super) async fn run<S: Stream>(
         reply.truncate(reply.len() - 2);
         reply.push_str(&format!(
             "Sec-WebSocket-Protocol: {}\r\n{}: {}\r\n\r\n",
-            wire::SUBPROTOCOL,
+            wire::token_of(native_version.unwrap_or(wire::VERSION)),
             handshake::PROOF_HEADER,
             handshake::proof(shared, &d.nonce),
         ));
@@ -137,7 +142,8 @@ pub(super) async fn run<S: Stream>(
     let result = match mode {
         Mode::Native => {
             let node = dial.map(|d| d.node).unwrap_or_default();
-            link.native(buf, &node).await
+            link.native(buf, &node, native_version.unwrap_or(wire::VERSION))
+                .await
         }
         Mode::Broadcast => link.broadcast(buf).await,
         Mode::Relay => link.relay(buf).await,
@@ -359,7 +365,7 @@ impl<S: Stream> Link<'_, S> {
 
     /// `dialer` is the node the handshake authenticated; its hello must
     /// name the same node.
-    async fn native(&self, mut buf: BytesMut, dialer: &str) -> Ended {
+    async fn native(&self, mut buf: BytesMut, dialer: &str, version: u8) -> Ended {
         let ctx = &self.worker.ctx;
         // The dialer speaks first: who it is and which run.
         let hello = timeout(ctx.config.request_timeout, async {
@@ -382,7 +388,7 @@ impl<S: Stream> Link<'_, S> {
         let Message::Binary(hello) = hello else {
             return Err(Close::protocol("expected hello"));
         };
-        let (node, incarnation) = match wire::decode(&hello) {
+        let (node, incarnation) = match wire::decode_version(&hello, version) {
             Ok(PeerMessage::Hello { node, incarnation }) => (node.to_owned(), incarnation),
             _ => return Err(Close::protocol("expected hello")),
         };
@@ -445,10 +451,12 @@ impl<S: Stream> Link<'_, S> {
                     let Message::Binary(b) = msg else {
                         return Err(Close::protocol("text frame on a native link"));
                     };
-                    match wire::decode(&b).map_err(|_| Close::protocol("malformed peer message"))? {
+                    let decoded = wire::decode_version(&b, version)
+                        .map_err(|_| Close::protocol("malformed peer message"))?;
+                    match decoded {
                         PeerMessage::Events { first_seq, events } => {
                             let max = ctx.config.max_group_name;
-                            if events.clone().into_iter().any(|(g, _)| g.len() > max) {
+                            if events.clone().into_iter().any(|(g, _, _)| g.len() > max) {
                                 return Err(Close::protocol("group name too long"));
                             }
                             let n = events.len() as u64;
@@ -457,13 +465,18 @@ impl<S: Stream> Link<'_, S> {
                                 .admit(node, generation, first_seq, n)
                                 .map_err(|_| Close::normal("superseded by a newer link"))?;
                             m.gaps.inc_by(admit.gap);
-                            m.duplicates.inc_by(admit.skip);
-                            let fresh = n - admit.skip;
+                            // What a restarted sender replays of its stream
+                            // and this node already delivered goes no further.
+                            let fresh_events = self
+                                .bp
+                                .not_replayed(node, events.into_iter().skip(admit.skip as usize));
+                            let fresh = fresh_events.len() as u64;
+                            m.duplicates.inc_by(n - fresh);
                             m.events_received.inc_by(fresh);
                             m.bytes_received.inc_by(b.len() as u64);
                             self.bp.stats.received(node, fresh, unix_now());
                             ctx.router
-                                .route_from_peer(events.into_iter().skip(admit.skip as usize))
+                                .route_from_peer(fresh_events)
                                 .await
                                 .map_err(|_| Close::going("node shutting down"))?;
                             if n > 0 {

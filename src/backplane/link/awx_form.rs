@@ -30,7 +30,7 @@ pub(super) async fn awx_relay(
     // AWX loses what was sent while its link was down, and its relay sends
     // the whole subscription again on connect: start from an empty set.
     let _ = ctx.bp.set_interest(sink, true, &[], &[]);
-    sink.connected(None);
+    sink.start_afresh();
     count_sink(sink, m);
     let out = Shared::default();
     let wake = || sink.wake();

@@ -20,11 +20,12 @@ use crate::protocol::frame::{self, client::MAX_HEADER, opcode, Message};
 pub(super) async fn native(
     ctx: &LinkCtx,
     conn: (Reader, Writer),
+    version: u8,
     sink: &Arc<Sink>,
     m: &LinkMetrics,
 ) -> Result<(), LinkError> {
     let (mut r, mut w) = conn;
-    let hello = wire::hello(&ctx.bp.node_id, ctx.bp.incarnation);
+    let hello = wire::hello_version(&ctx.bp.node_id, ctx.bp.incarnation, version);
     w.send(opcode::BINARY, &hello).await?;
     let welcome = timeout(ctx.settings.connect_timeout, next_message(&mut r))
         .await
@@ -32,7 +33,7 @@ pub(super) async fn native(
     let Message::Binary(welcome) = welcome else {
         return Err(LinkError::Protocol("expected a welcome"));
     };
-    let PeerMessage::Welcome { node, resume, .. } = wire::decode(&welcome)? else {
+    let PeerMessage::Welcome { node, resume, .. } = wire::decode_version(&welcome, version)? else {
         return Err(LinkError::Protocol("expected a welcome"));
     };
     tracing::debug!(peer = sink.label, node, ?resume, "welcome");
@@ -65,7 +66,7 @@ pub(super) async fn native(
             let Message::Binary(b) = msg else {
                 return Err(LinkError::Protocol("text frame on a native link"));
             };
-            match wire::decode(&b)? {
+            match wire::decode_version(&b, version)? {
                 PeerMessage::Interest {
                     epoch,
                     full,
@@ -126,10 +127,14 @@ pub(super) async fn native(
                     ctx.settings.batch_bytes,
                 );
                 let Some(first) = batch.first() else { break };
-                let mut events =
-                    EventsWriter::start(std::mem::take(&mut scratch), MAX_HEADER, first.seq);
+                let mut events = EventsWriter::start_version(
+                    std::mem::take(&mut scratch),
+                    MAX_HEADER,
+                    first.seq,
+                    version,
+                );
                 for p in &batch {
-                    events.push(&p.group, &p.payload);
+                    events.push(&p.group, p.origin, &p.payload);
                 }
                 let n = events.count() as u64;
                 let (body, _) = events.finish();
