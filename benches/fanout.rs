@@ -74,7 +74,7 @@ fn deliver(c: &mut Criterion) {
                         for &id in &ids {
                             let f: Bytes = frame::text_frame(black_box(&payload));
                             hub.queue_mut(id)
-                                .push_event(&f, LIMITS, SlowPolicy::Disconnect);
+                                .push_event(&f, 1, LIMITS, SlowPolicy::Disconnect);
                         }
                         drain(&mut hub, &ids, &mut batch);
                     });

@@ -75,10 +75,176 @@ pub enum ConfigError {
     PeerCa { path: PathBuf, why: String },
     #[error("{0}")]
     Broker(String),
+    #[error("--{0} and --{0}-file are both set; choose one")]
+    SecretTwice(&'static str),
+    #[error("--{name}-file {path}: {why}")]
+    SecretFile {
+        name: &'static str,
+        path: PathBuf,
+        why: String,
+    },
+    #[error(
+        "--admin-listen {0} is the client listener's address; give the admin listener its own"
+    )]
+    AdminSameAsListen(SocketAddr),
+}
+
+/// A secret value (a key or a shared secret): its `Debug` never shows it,
+/// and it serializes as a mask, so no configuration dump reveals it. Read
+/// it with `expose`.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// What a configuration dump shows in place of a secret.
+pub const MASK: &str = "********";
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(MASK)
+    }
+}
+
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(MASK)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_owned())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret(s)
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+/// A URL with its password (if any) masked, for dumps and logs.
+pub fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:{MASK}@{host}{tail}")
+            } else {
+                format!("{scheme}://{MASK}@{host}{tail}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// A PostgreSQL connection string (URL or key=value) with its password masked.
+fn mask_database(db: &str) -> String {
+    if db.contains("://") {
+        return mask_url(db);
+    }
+    db.split_whitespace()
+        .map(|kv| match kv.split_once('=') {
+            Some(("password", _)) => format!("password={MASK}"),
+            _ => kv.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// An address to listen on, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    Off,
+    At(SocketAddr),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Listen::Off);
+        }
+        s.parse()
+            .map(Listen::At)
+            .map_err(|_| format!("{s:?}: want host:port (an IP address) or off"))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Listen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl serde::Serialize for Listen {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Listen::Off => s.serialize_str("off"),
+            Listen::At(a) => s.serialize_str(&a.to_string()),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line, fields and span context as keys.
+    Json,
 }
 
 /// Which I/O driver the workers use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum IoMode {
     /// io_uring when the kernel allows it, else epoll (one log line says so).
@@ -91,7 +257,9 @@ pub enum IoMode {
 }
 
 /// Where a node learns of its peers besides `--peer`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Discovery {
     /// AWX's web-node heartbeats: LISTEN on `--heartbeat-channel`.
@@ -99,7 +267,17 @@ pub enum Discovery {
 }
 
 /// How discovered nodes are dialled (AWX's `BROADCAST_WEBSOCKET_PROTOCOL`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DialScheme {
     /// TLS (AWX's `https`, the default).
@@ -114,25 +292,39 @@ pub enum DialScheme {
 }
 
 /// Everything a node needs to run. `Default` gives a node on
-/// 127.0.0.1:8051 with no authenticator, which `validate` refuses.
-#[derive(Debug, Clone)]
+/// 127.0.0.1:8051 with no authenticator, which `validate` refuses. Its
+/// `Debug` shows every setting as the file would spell it, with secrets
+/// and the passwords in URLs masked.
+#[derive(Clone)]
 pub struct Config {
     /// Address of the client, emit, health and metrics listener.
     /// Default 127.0.0.1:8051, daphne's port in AWX.
     pub listen: SocketAddr,
+    /// Address of the admin listener: `/status` (the live status page and
+    /// its tail), `/metrics`, `/readyz` and `/healthz`, for operators only.
+    /// Default 127.0.0.1:9851 (loopback; not AWX's 8052, where its nginx
+    /// listens); `None` (`off`) serves none of it apart, and `/status`
+    /// then only with the admin key.
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer key for `/status` (and its tail): required wherever it is
+    /// set, the admin listener included; without it `/status` is served on
+    /// the admin listener only. Default none.
+    pub admin_key: Option<Secret>,
+    /// Log line format. Default `text`.
+    pub log_format: LogFormat,
     /// Worker threads, each with its own event loop and connections.
     /// Default 0: one per available core.
     pub workers: usize,
     /// I/O driver. Default `auto`.
     pub io: IoMode,
     /// HS256 secret for client tokens. No default.
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
     /// Clock skew allowed on `exp` and `nbf`, seconds. Default 30.
     pub jwt_leeway_secs: u64,
     /// Accept any non-empty token as user 0. Default off; loud when on.
     pub dev_insecure: bool,
     /// Bearer key of `POST /api/v1/emit`; without it the endpoint is 404.
-    pub emit_key: Option<String>,
+    pub emit_key: Option<Secret>,
     /// Largest client message, bytes, after fragments are joined.
     /// Default 64 KiB: a subscribe message with 1024 groups fits easily.
     pub max_message_bytes: usize,
@@ -243,7 +435,7 @@ pub struct Config {
     /// The backplane's shared secret (AWX's `BROADCAST_WEBSOCKET_SECRET`).
     /// No default; without it every peer upgrade is refused with 403, and
     /// a node with peers refuses to start.
-    pub backplane_secret: Option<String>,
+    pub backplane_secret: Option<Secret>,
     /// Verify peers' TLS certificates on `wss://`. Default on; AWX nodes
     /// with self-signed certificates need it off (AWX's own default).
     pub peer_tls_verify: bool,
@@ -352,6 +544,9 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8051)),
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9851))),
+            admin_key: None,
+            log_format: LogFormat::Text,
             workers: 0,
             io: IoMode::Auto,
             jwt_secret: None,
@@ -455,7 +650,22 @@ fn default_node_id() -> String {
         .unwrap_or_else(|| "wsrelay".to_owned())
 }
 
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // What `check-config` prints, on one line: nothing secret.
+        let shown = Settings::for_display(self);
+        let text = toml::to_string(&shown).map_err(|_| std::fmt::Error)?;
+        write!(f, "Config {{ {} }}", text.trim().replace('\n', ", "))
+    }
+}
+
 impl Config {
+    /// The effective configuration as TOML, as `wsrelay check-config`
+    /// prints it: every key with its value, secrets masked.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(&Settings::for_display(self)).unwrap_or_default()
+    }
+
     /// Checks the values; returns how clients are to be authenticated.
     pub fn validate(&self) -> Result<AuthSetup, ConfigError> {
         let nonzero = [
@@ -509,6 +719,12 @@ impl Config {
         if matches!(&self.emit_key, Some(k) if k.is_empty()) {
             return Err(ConfigError::Empty("emit-key"));
         }
+        if matches!(&self.admin_key, Some(k) if k.is_empty()) {
+            return Err(ConfigError::Empty("admin-key"));
+        }
+        if self.admin_listen == Some(self.listen) && self.listen.port() != 0 {
+            return Err(ConfigError::AdminSameAsListen(self.listen));
+        }
         if !crate::backplane::is_node_name(&self.node_id) {
             return Err(ConfigError::NodeId(self.node_id.clone()));
         }
@@ -548,7 +764,7 @@ impl Config {
                 return Err(ConfigError::ShortJwtSecret(s.len()))
             }
             Some(s) => Some(Jwt {
-                secret: s.as_bytes().to_vec(),
+                secret: s.expose().as_bytes().to_vec(),
                 leeway_secs: self.jwt_leeway_secs,
             }),
             None => None,
@@ -674,12 +890,24 @@ impl Config {
 
 /// The settable part of `Config`, every field optional, as flags (with an
 /// env fallback) and as TOML keys of the same names in snake case.
-#[derive(Debug, Clone, Default, clap::Args, serde::Deserialize)]
+#[derive(Debug, Clone, Default, clap::Args, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Listen address [default: 127.0.0.1:8051]
     #[arg(long, env = "WSRELAY_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Admin listener (/status, /metrics, /readyz, /healthz), or off [default: 127.0.0.1:9851]
+    #[arg(long, env = "WSRELAY_ADMIN_LISTEN")]
+    pub admin_listen: Option<Listen>,
+    /// Bearer key (or ?key=) for /status; required wherever set, else /status is on the admin listener only
+    #[arg(long, env = "WSRELAY_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<Secret>,
+    /// File holding the admin key (instead of --admin-key)
+    #[arg(long, env = "WSRELAY_ADMIN_KEY_FILE")]
+    pub admin_key_file: Option<PathBuf>,
+    /// Log format: text or json [default: text]
+    #[arg(long, env = "WSRELAY_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
     /// Worker threads; 0 means one per core [default: 0]
     #[arg(long, env = "WSRELAY_WORKERS")]
     pub workers: Option<usize>,
@@ -688,7 +916,10 @@ pub struct Settings {
     pub io: Option<IoMode>,
     /// HS256 secret that client tokens are signed with
     #[arg(long, env = "WSRELAY_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
+    /// File holding the JWT secret (instead of --jwt-secret: kept out of process listings)
+    #[arg(long, env = "WSRELAY_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
     /// Allowed clock skew on token exp/nbf, seconds [default: 30]
     #[arg(long, env = "WSRELAY_JWT_LEEWAY_SECS")]
     pub jwt_leeway_secs: Option<u64>,
@@ -697,7 +928,10 @@ pub struct Settings {
     pub dev_insecure: Option<bool>,
     /// Bearer key for POST /api/v1/emit (the endpoint is 404 without it)
     #[arg(long, env = "WSRELAY_EMIT_KEY", hide_env_values = true)]
-    pub emit_key: Option<String>,
+    pub emit_key: Option<Secret>,
+    /// File holding the emit key (instead of --emit-key)
+    #[arg(long, env = "WSRELAY_EMIT_KEY_FILE")]
+    pub emit_key_file: Option<PathBuf>,
     /// Largest client message in bytes [default: 65536]
     #[arg(long, env = "WSRELAY_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
@@ -805,7 +1039,10 @@ pub struct Settings {
     pub broker_stream_max_bytes: Option<u64>,
     /// Backplane shared secret (AWX's BROADCAST_WEBSOCKET_SECRET); required with --peer
     #[arg(long, env = "WSRELAY_BACKPLANE_SECRET", hide_env_values = true)]
-    pub backplane_secret: Option<String>,
+    pub backplane_secret: Option<Secret>,
+    /// File holding the backplane secret (instead of --backplane-secret)
+    #[arg(long, env = "WSRELAY_BACKPLANE_SECRET_FILE")]
+    pub backplane_secret_file: Option<PathBuf>,
     /// Verify wss:// peer certificates [default: true]
     #[arg(long, env = "WSRELAY_PEER_TLS_VERIFY", num_args = 0..=1, default_missing_value = "true")]
     pub peer_tls_verify: Option<bool>,
@@ -868,7 +1105,7 @@ pub struct Settings {
     pub auth_ca_file: Option<PathBuf>,
     /// Access rule PREFIX=allow|deny|user|/api/path/{id}/ for groups starting with PREFIX; repeat [default: AWX's]
     #[arg(long = "access", env = "WSRELAY_ACCESS", value_delimiter = ',')]
-    #[serde(deserialize_with = "access_table")]
+    #[serde(deserialize_with = "access_table", serialize_with = "access_table_out")]
     pub access: Option<Vec<AccessEntry>>,
     /// Groups in one subscribe message that may need an API check [default: 100]
     #[arg(long, env = "WSRELAY_MAX_ACCESS_CHECKS")]
@@ -923,6 +1160,19 @@ impl std::str::FromStr for AccessEntry {
     }
 }
 
+/// `[access]` written back as a table of prefix = rule.
+fn access_table_out<S: serde::Serializer>(
+    v: &Option<Vec<AccessEntry>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let table: std::collections::BTreeMap<&str, &str> = v
+        .iter()
+        .flatten()
+        .map(|e| (e.prefix.as_str(), e.rule.as_str()))
+        .collect();
+    serde::Serialize::serialize(&table, s)
+}
+
 /// `[access]` as a table of prefix = rule.
 fn access_table<'de, D: serde::Deserializer<'de>>(
     d: D,
@@ -956,12 +1206,18 @@ impl Settings {
         }
         merge!(
             listen,
+            admin_listen,
+            admin_key,
+            admin_key_file,
+            log_format,
             workers,
             io,
             jwt_secret,
+            jwt_secret_file,
             jwt_leeway_secs,
             dev_insecure,
             emit_key,
+            emit_key_file,
             max_message_bytes,
             max_groups,
             max_node_groups,
@@ -998,6 +1254,7 @@ impl Settings {
             broker_stream,
             broker_stream_max_bytes,
             backplane_secret,
+            backplane_secret_file,
             peer_tls_verify,
             peer_ca_file,
             peer_connect_timeout_ms,
@@ -1032,12 +1289,187 @@ impl Settings {
         )
     }
 
-    /// Applies the settings over the defaults.
+    /// Reads the secrets given as files (`*_file`), then applies the
+    /// settings over the defaults. Returns warnings to log (a secret file
+    /// others may read).
+    pub fn load(self) -> Result<(Config, Vec<String>), ConfigError> {
+        let (settings, warnings) = self.read_secret_files()?;
+        Ok((settings.into_config(), warnings))
+    }
+
+    /// Replaces each `*_file` with the secret it holds (one trailing line
+    /// end dropped). A secret given both ways, an unreadable or empty file
+    /// are errors.
+    pub fn read_secret_files(mut self) -> Result<(Settings, Vec<String>), ConfigError> {
+        let mut warnings = Vec::new();
+        let mut read = |name: &'static str,
+                        value: &mut Option<Secret>,
+                        file: &mut Option<PathBuf>|
+         -> Result<(), ConfigError> {
+            let Some(path) = file.take() else {
+                return Ok(());
+            };
+            if value.is_some() {
+                return Err(ConfigError::SecretTwice(name));
+            }
+            let bad = |why: String| ConfigError::SecretFile {
+                name,
+                path: path.clone(),
+                why,
+            };
+            let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+            let secret = text.strip_suffix('\n').unwrap_or(&text);
+            let secret = secret.strip_suffix('\r').unwrap_or(secret);
+            if secret.is_empty() {
+                return Err(bad("the file is empty".into()));
+            }
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(&path) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    warnings.push(format!(
+                        "--{name}-file {}: readable by others than its owner (mode {:o}); chmod 600 it",
+                        path.display(),
+                        meta.permissions().mode() & 0o777
+                    ));
+                }
+            }
+            *value = Some(Secret(secret.to_owned()));
+            Ok(())
+        };
+        read(
+            "jwt-secret",
+            &mut self.jwt_secret,
+            &mut self.jwt_secret_file,
+        )?;
+        read("emit-key", &mut self.emit_key, &mut self.emit_key_file)?;
+        read(
+            "backplane-secret",
+            &mut self.backplane_secret,
+            &mut self.backplane_secret_file,
+        )?;
+        read("admin-key", &mut self.admin_key, &mut self.admin_key_file)?;
+        Ok((self, warnings))
+    }
+
+    /// Every setting of `c` as the file spells it, for `check-config` and
+    /// `Config`'s `Debug`: secrets masked (they serialize as a mask), and
+    /// the passwords in Redis, broker and database URLs too.
+    pub fn for_display(c: &Config) -> Settings {
+        let ms = |d: Duration| Some(d.as_millis() as u64);
+        Settings {
+            listen: Some(c.listen),
+            admin_listen: Some(c.admin_listen.map_or(Listen::Off, Listen::At)),
+            admin_key: c.admin_key.clone(),
+            admin_key_file: None,
+            log_format: Some(c.log_format),
+            workers: Some(c.workers),
+            io: Some(c.io),
+            jwt_secret: c.jwt_secret.clone(),
+            jwt_secret_file: None,
+            jwt_leeway_secs: Some(c.jwt_leeway_secs),
+            dev_insecure: Some(c.dev_insecure),
+            emit_key: c.emit_key.clone(),
+            emit_key_file: None,
+            max_message_bytes: Some(c.max_message_bytes),
+            max_groups: Some(c.max_groups),
+            max_node_groups: Some(c.max_node_groups),
+            subscribe_rate: Some(c.subscribe_rate),
+            max_group_name: Some(c.max_group_name),
+            max_connections: Some(c.max_connections),
+            queue_bytes: Some(c.queue_bytes),
+            queue_frames: Some(c.queue_frames),
+            slow_policy: Some(c.slow_policy),
+            max_emit_bytes: Some(c.max_emit_bytes),
+            max_emit_events: Some(c.max_emit_events),
+            max_head_bytes: Some(c.max_head_bytes),
+            worker_inbox: Some(c.worker_inbox),
+            client_write_interval_us: Some(c.client_write_interval.as_micros() as u64),
+            ping_interval_ms: ms(c.ping_interval),
+            request_timeout_ms: ms(c.request_timeout),
+            close_timeout_ms: ms(c.close_timeout),
+            shutdown_grace_ms: ms(c.shutdown_grace),
+            node_id: Some(c.node_id.clone()),
+            redis: Some(c.redis.iter().map(|u| mask_url(u)).collect()),
+            channel_prefix: Some(c.channel_prefix.clone()),
+            group_expiry_secs: Some(c.group_expiry_secs),
+            message_expiry_secs: Some(c.message_expiry_secs),
+            random_prefix_length: Some(c.random_prefix_length),
+            redis_batch: Some(c.redis_batch),
+            subscribe_ack_timeout_ms: ms(c.subscribe_ack_timeout),
+            stream_key: Some(c.stream_key.clone()),
+            stream_maxlen: Some(c.stream_maxlen),
+            backlog_hold_ms: ms(c.backlog_hold),
+            peers: Some(c.peers.clone()),
+            broker: Some(c.broker.iter().map(|u| mask_url(u)).collect()),
+            broker_subject_prefix: Some(c.broker_subject_prefix.clone()),
+            broker_replay_window_s: Some(c.broker_replay_window.as_secs()),
+            broker_stream: Some(c.broker_stream.clone()),
+            broker_stream_max_bytes: Some(c.broker_stream_max_bytes),
+            backplane_secret: c.backplane_secret.clone(),
+            backplane_secret_file: None,
+            peer_tls_verify: Some(c.peer_tls_verify),
+            peer_ca_file: c.peer_ca_file.clone(),
+            peer_connect_timeout_ms: ms(c.peer_connect_timeout),
+            peer_backoff_max_ms: ms(c.peer_backoff_max),
+            peer_ping_interval_ms: ms(c.peer_ping_interval),
+            peer_batch_events: Some(c.peer_batch_events),
+            peer_batch_bytes: Some(c.peer_batch_bytes),
+            peer_flush_delay_us: Some(c.peer_flush_delay.as_micros() as u64),
+            peer_buffer_events: Some(c.peer_buffer_events),
+            peer_buffer_bytes: Some(c.peer_buffer_bytes),
+            max_peer_links: Some(c.max_peer_links),
+            peer_max_message: Some(c.peer_max_message),
+            auth_url: c.auth_url.as_deref().map(mask_url),
+            auth_cache_ttl_secs: Some(c.auth_cache_ttl_secs),
+            auth_refusal_ttl_secs: Some(c.auth_refusal_ttl_secs),
+            auth_cache_entries: Some(c.auth_cache_entries),
+            auth_timeout_ms: ms(c.auth_timeout),
+            auth_max_inflight: Some(c.auth_max_inflight),
+            auth_tls_verify: Some(c.auth_tls_verify),
+            auth_ca_file: c.auth_ca_file.clone(),
+            access: Some(
+                c.access
+                    .iter()
+                    .map(|(prefix, rule)| AccessEntry {
+                        prefix: prefix.clone(),
+                        rule: rule.clone(),
+                    })
+                    .collect(),
+            ),
+            max_access_checks: Some(c.max_access_checks),
+            awx_database: c.awx_database.as_deref().map(mask_database),
+            awx_database_ca_file: c.awx_database_ca_file.clone(),
+            announce: Some(c.announce),
+            heartbeat_channel: Some(c.heartbeat_channel.clone()),
+            heartbeat_interval_secs: Some(c.heartbeat_interval.as_secs()),
+            advertise_ip: c.advertise_ip.clone(),
+            discover_peers: c.discover_peers,
+            discover_scheme: Some(c.discover_scheme),
+            discover_port: Some(c.discover_port),
+        }
+    }
+
+    /// Applies the settings over the defaults. Secret files must have been
+    /// read (`load` does it).
     pub fn into_config(self) -> Config {
+        debug_assert!(
+            self.jwt_secret_file.is_none()
+                && self.emit_key_file.is_none()
+                && self.backplane_secret_file.is_none()
+                && self.admin_key_file.is_none(),
+            "secret files are read by Settings::load"
+        );
         let d = Config::default();
         let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
         Config {
             listen: self.listen.unwrap_or(d.listen),
+            admin_listen: match self.admin_listen {
+                None => d.admin_listen,
+                Some(Listen::Off) => None,
+                Some(Listen::At(a)) => Some(a),
+            },
+            admin_key: self.admin_key,
+            log_format: self.log_format.unwrap_or(d.log_format),
             workers: self.workers.unwrap_or(d.workers),
             io: self.io.unwrap_or(d.io),
             jwt_secret: self.jwt_secret,
@@ -1168,14 +1600,14 @@ mod tests {
         let base = Config::default();
         assert!(matches!(base.validate(), Err(ConfigError::NoAuthenticator)));
         let both = Config {
-            jwt_secret: Some("s".repeat(32)),
+            jwt_secret: Some("s".repeat(32).into()),
             dev_insecure: true,
             ..Config::default()
         };
         // Regression (issue 10, finding 12): a one-byte secret was accepted.
         for (len, ok) in [(1, false), (15, false), (16, true), (64, true)] {
             let c = Config {
-                jwt_secret: Some("k".repeat(len)),
+                jwt_secret: Some("k".repeat(len).into()),
                 ..Config::default()
             };
             match c.validate() {
@@ -1225,7 +1657,7 @@ mod tests {
         };
         assert!(matches!(bad_peer.validate(), Err(ConfigError::Peer(_))));
         let ok = Config {
-            jwt_secret: Some("s".repeat(32)),
+            jwt_secret: Some("s".repeat(32).into()),
             ..Config::default()
         };
         assert!(matches!(
@@ -1237,7 +1669,7 @@ mod tests {
             })
         ));
         let both = Config {
-            jwt_secret: Some("s".repeat(32)),
+            jwt_secret: Some("s".repeat(32).into()),
             auth_url: Some("https://awx.example.com/api/v2/me/".into()),
             ..Config::default()
         };

@@ -90,18 +90,34 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<Summary> {
     let hex = |b: [u8; 32]| -> String { b.iter().map(|b| format!("{b:02x}")).collect() };
     let secret = hex(rand::random());
     let backplane = hex(rand::random());
-    let nodes = (0..opts.nodes.max(1))
-        .map(|i| {
-            Node::start(Config {
-                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-                workers: opts.workers,
-                jwt_secret: Some(secret.clone()),
-                node_id: format!("demo-{i}"),
-                backplane_secret: Some(backplane.clone()),
-                ..Config::default()
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let clients = opts.jobs * opts.viewers + opts.watchers;
+    let config = |i: usize, admin: Option<SocketAddr>| Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        // The first node's status page, for watching the storm in a
+        // browser; the others serve none.
+        admin_listen: admin.filter(|_| i == 0),
+        workers: opts.workers,
+        jwt_secret: Some(secret.as_str().into()),
+        node_id: format!("demo-{i}"),
+        backplane_secret: Some(backplane.as_str().into()),
+        // Room for the demo's clients: no open-files warning for a limit
+        // the demo never comes near.
+        max_connections: (clients + 64).max(256),
+        ..Config::default()
+    };
+    let default_admin = Config::default().admin_listen;
+    let mut nodes = Vec::with_capacity(opts.nodes.max(1));
+    for i in 0..opts.nodes.max(1) {
+        let node = match Node::start(config(i, default_admin)) {
+            // The usual status port is taken (another node runs here): any
+            // free port will do for the demo.
+            Err(crate::server::StartError::AdminBind { .. }) => {
+                Node::start(config(i, Some(SocketAddr::from(([127, 0, 0, 1], 0)))))?
+            }
+            other => other?,
+        };
+        nodes.push(node);
+    }
     // A full mesh: every node dials every other.
     for n in &nodes {
         let peers = nodes
@@ -218,10 +234,20 @@ async fn storm(nodes: &[Node], opts: &DemoOptions, secret: &[u8]) -> anyhow::Res
     let mut counters = vec![0u64; opts.jobs];
     let mut last_report = (Instant::now(), 0u64, 0u64);
     if !opts.quiet {
+        let status = nodes[0].admin_addr().map_or(String::new(), |a| {
+            format!("; watch it at http://{a}/status")
+        });
         println!(
-            "wsrelay demo: {} node(s) on {addrs:?} (events emitted on the first; clients spread over all), \
-             {} jobs x {} viewers + {} status watchers, {} events/s",
+            "wsrelay demo: {} linked node(s) on {} ({} workers each, io {}); events emitted on the first, \
+             {} jobs x {} viewers + {} status watchers spread over all, {} events/s{status}",
             nodes.len(),
+            addrs
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            node.workers(),
+            node.io_name(),
             opts.jobs,
             opts.viewers,
             opts.watchers,

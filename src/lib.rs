@@ -18,6 +18,9 @@
 //!   per-object checks).
 //! - [`config`], [`metrics`], [`tls`]: plain data, the metrics registered
 //!   once, the outbound TLS settings.
+//! - [`status`]: the live status page's model (the node's own metrics,
+//!   sampled into minutes of history) and readiness. No I/O but its
+//!   sampler thread. [`throttle`]: rate limits for repeated log lines.
 //! - [`server`]: the one place that wires the parts together.
 //! - [`client`], [`demo`], [`producer`], [`payload`]: a light websocket
 //!   client, the storm demo, the producers behind `wsrelay emit`, and the
@@ -37,6 +40,8 @@ pub mod payload;
 pub mod producer;
 pub mod protocol;
 pub mod server;
+pub mod status;
+pub mod throttle;
 pub mod tls;
 mod transport;
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use wsrelay::config::Settings;
+use wsrelay::config::{LogFormat, Settings};
 use wsrelay::demo::DemoOptions;
 use wsrelay::{Node, StartError};
 
@@ -32,6 +32,14 @@ enum Command {
         /// TOML file with the same keys as the flags (snake_case)
         #[arg(long, env = "WSRELAY_CONFIG")]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Check a config file (with the flags and WSRELAY_* variables, as `serve` would
+    /// merge them) and print the effective configuration, secrets masked
+    CheckConfig {
+        /// The TOML file to check
+        file: PathBuf,
         #[command(flatten)]
         settings: Settings,
     },
@@ -63,26 +71,45 @@ enum Command {
     },
 }
 
+/// Logs to stderr in `format`, filtered by `RUST_LOG` (default `level`).
+/// Spans carry each line's context (the connection, the peer link).
+fn init_logging(format: LogFormat, level: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, settings } => serve(config, settings),
-        Command::Demo(opts) => wsrelay::demo::run(&opts).map(|s| {
-            if s.lost() > 0 || s.out_of_order > 0 {
-                eprintln!(
-                    "demo: {} deliveries lost, {} out of order",
-                    s.lost(),
-                    s.out_of_order
-                );
-            }
-        }),
+        Command::CheckConfig { file, settings } => check_config(&file, settings),
+        Command::Demo(opts) => {
+            // The demo's live table is what a newcomer should see first:
+            // only warnings, and one summary line of the cluster's start.
+            init_logging(LogFormat::Text, "warn");
+            wsrelay::demo::run(&opts).map(|s| {
+                if s.lost() > 0 || s.out_of_order > 0 {
+                    eprintln!(
+                        "demo: {} deliveries lost, {} out of order",
+                        s.lost(),
+                        s.out_of_order
+                    );
+                }
+            })
+        }
         Command::Emit {
             url,
             key,
@@ -91,7 +118,10 @@ fn main() -> ExitCode {
             group,
             data,
             jsonl,
-        } => emit(&url, key, redis, &stream, group, data, jsonl),
+        } => {
+            init_logging(LogFormat::Text, "info");
+            emit(&url, key, redis, &stream, group, data, jsonl)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -110,7 +140,12 @@ fn serve(config: Option<PathBuf>, flags: Settings) -> anyhow::Result<()> {
         Some(path) => Settings::from_file(path)?,
         None => Settings::default(),
     };
-    let node = Node::start(flags.clone().or(file).into_config())?;
+    let (config_, warnings) = flags.clone().or(file).load()?;
+    init_logging(config_.log_format, "info");
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let node = Node::start(config_)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -132,6 +167,24 @@ fn serve(config: Option<PathBuf>, flags: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `check-config`: the file merged with the flags and environment as
+/// `serve` would, validated; prints the result with secrets masked.
+/// Exit 0 when a node would start with it, 2 with the reason otherwise.
+fn check_config(path: &std::path::Path, flags: Settings) -> anyhow::Result<()> {
+    let file = Settings::from_file(path)?;
+    let (config, warnings) = flags.or(file).load()?;
+    config.validate()?;
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    println!(
+        "# {}: valid; the effective configuration (secrets masked):",
+        path.display()
+    );
+    print!("{}", config.to_toml());
+    Ok(())
+}
+
 /// SIGHUP: re-reads the config file and applies its peer list. Only the
 /// peers change at run time; a bad file is logged and changes nothing.
 fn reload_peers(node: &Node, path: Option<&std::path::Path>, flags: &Settings) {
@@ -139,8 +192,8 @@ fn reload_peers(node: &Node, path: Option<&std::path::Path>, flags: &Settings) {
         tracing::warn!("SIGHUP: no --config file to re-read; peers unchanged");
         return;
     };
-    let config = match Settings::from_file(path) {
-        Ok(file) => flags.clone().or(file).into_config(),
+    let config = match Settings::from_file(path).and_then(|file| flags.clone().or(file).load()) {
+        Ok((config, _)) => config,
         Err(e) => {
             tracing::error!(error = %e, "SIGHUP: config not reloaded; peers unchanged");
             return;

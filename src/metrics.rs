@@ -110,6 +110,22 @@ pub struct Metrics {
     /// Rounds of the worker's delivery loop (inbox drains), per worker:
     /// deliveries per round is how much a wake-up carries.
     pub delivery_rounds: Vec<Counter>,
+    /// From the router taking an event to the socket write that carried
+    /// it, per worker; one observation per write (its oldest event).
+    pub delivery_latency: Vec<Histogram>,
+    /// Frames and bytes waiting in a worker's client queues, and its
+    /// deepest queue in frames (sampled once a second).
+    pub queued_frames: Vec<Gauge>,
+    pub queued_bytes: Vec<Gauge>,
+    pub deepest_queue: Vec<Gauge>,
+    /// Events the status page's tail missed (its browser fell behind):
+    /// not clients' losses.
+    pub tail_dropped: Counter,
+    /// How old the last event read from each Redis source was when read
+    /// (`redis`: its channels_redis send time; `stream`: its entry id's);
+    /// 0 once a read finds nothing waiting.
+    pub ingest_lag_redis: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub ingest_lag_stream: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Events accepted from the channels_redis layer.
     pub events_in_redis: Counter,
     /// 1 while the Redis membership loop last succeeded.
@@ -507,6 +523,13 @@ pub struct PeerFamilies {
     auth_failures: Family<Labels, Counter>,
 }
 
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
+    ])
+}
+
 fn batch_histogram() -> Histogram {
     Histogram::new([1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0])
 }
@@ -735,6 +758,47 @@ impl Metrics {
             "delivery_rounds",
             "Rounds of a worker's delivery loop (one per inbox drain)",
         );
+        let latency =
+            Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        registry.register(
+            "delivery_latency_seconds",
+            "From the router taking an event to the socket write carrying it (the oldest event of each write)",
+            latency.clone(),
+        );
+        let delivery_latency = (0..workers)
+            .map(|w| {
+                latency
+                    .get_or_create(&vec![("worker", w.to_string())])
+                    .clone()
+            })
+            .collect();
+        let queued_frames = per_worker(
+            &mut registry,
+            "queued_frames",
+            "Frames waiting in a worker's client queues (sampled each second)",
+        );
+        let queued_bytes = per_worker(
+            &mut registry,
+            "queued_bytes",
+            "Bytes waiting in a worker's client queues (sampled each second)",
+        );
+        let deepest_queue = per_worker(
+            &mut registry,
+            "deepest_queue_frames",
+            "The deepest client queue of a worker, frames (sampled each second)",
+        );
+        let ingest_lag = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "ingest_lag_seconds",
+            "Age of the last event read from a Redis source when it was read; 0 when nothing waits",
+            ingest_lag.clone(),
+        );
+        let lag = |source: &str| {
+            ingest_lag
+                .get_or_create(&vec![("source", source.to_owned())])
+                .clone()
+        };
+        let (ingest_lag_redis, ingest_lag_stream) = (lag("redis"), lag("stream"));
 
         let info = Family::<Labels, Gauge>::default();
         registry.register("info", "Node facts: the io driver", info.clone());
@@ -824,6 +888,11 @@ impl Metrics {
             &Malformed::ALL.map(Malformed::label),
         );
         let redis_errors = counter(&mut registry, "redis_errors", "Failed Redis operations");
+        let tail_dropped = counter(
+            &mut registry,
+            "status_tail_dropped",
+            "Events the status page's tail missed because its browser fell behind (not clients' losses)",
+        );
         let stream_trimmed_unread = counter(
             &mut registry,
             "stream_trimmed_unread",
@@ -880,6 +949,13 @@ impl Metrics {
             groups,
             socket_writes,
             delivery_rounds,
+            delivery_latency,
+            queued_frames,
+            queued_bytes,
+            deepest_queue,
+            tail_dropped,
+            ingest_lag_redis,
+            ingest_lag_stream,
             events_in_redis: events_in[2].clone(),
             redis_up,
             redis_errors,

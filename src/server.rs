@@ -40,11 +40,24 @@ pub enum StartError {
     Backplane(std::io::Error),
     #[error("cannot start the API authenticator: {0}")]
     Auth(std::io::Error),
+    #[error(
+        "cannot listen on --admin-listen {addr}: {source} (give it another address, or `off`)"
+    )]
+    AdminBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the status sampler: {0}")]
+    Status(std::io::Error),
 }
 
 /// A running node. Dropping it shuts the node down.
 pub struct Node {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    io: transport::Io,
+    /// Samples the metrics for the status page, when it is served.
+    sampler: Option<crate::status::Sampler>,
     emitter: Emitter,
     metrics: Arc<Metrics>,
     /// Stops the Redis ingest; signalled and joined before the workers, so
@@ -82,6 +95,11 @@ impl Node {
                 addr: config.listen,
                 source,
             })?;
+        let admin = match config.admin_listen {
+            Some(a) => Some(bind_admin(a)?),
+            None => None,
+        };
+        let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
         let peers = config.peer_specs()?;
         let link_settings = LinkSettings::from_config(&config)?;
         let heartbeat = config.heartbeat()?;
@@ -133,7 +151,10 @@ impl Node {
         let routes = Arc::new(Routes::default());
         let backplane = Arc::new(Backplane::new(
             config.node_id.clone(),
-            config.backplane_secret.clone(),
+            config
+                .backplane_secret
+                .as_ref()
+                .map(|s| s.expose().to_owned()),
             metrics.clone(),
             routes.clone(),
             crate::backplane::InterestLimits {
@@ -144,8 +165,22 @@ impl Node {
         let (senders, inboxes): (Vec<_>, Vec<_>) = (0..workers)
             .map(|_| mpsc::channel(config.worker_inbox))
             .unzip();
-        let router =
-            Arc::new(Router::new(routes.clone(), senders).with_peers(backplane.outbox.clone()));
+        let started = std::time::Instant::now();
+        let router = Arc::new(
+            Router::new(routes.clone(), senders)
+                .with_peers(backplane.outbox.clone())
+                .with_clock(Box::new(move || transport::stamp(started))),
+        );
+        // The status page reads the metrics once a second; only where it
+        // can be served at all.
+        let sampler = if config.admin_listen.is_some() || config.admin_key.is_some() {
+            Some(
+                crate::status::Sampler::spawn(metrics.clone(), started)
+                    .map_err(StartError::Status)?,
+            )
+        } else {
+            None
+        };
         let emitter = Emitter::new(router.clone(), metrics.clone(), config.max_group_name);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (stop_ingest, stop_ingest_rx) = watch::channel(false);
@@ -179,10 +214,22 @@ impl Node {
             redis_ack,
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             backplane: backplane.clone(),
+            started,
+            status: sampler.as_ref().map(|s| s.history.clone()),
+            throttle: Default::default(),
         });
+        // Worker 0 serves the admin listener too.
+        let mut admin = admin;
         for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
-            let handle = spawn_worker(index, listener, inbox, ctx.clone(), shutdown_rx.clone())
-                .map_err(StartError::Thread)?;
+            let handle = spawn_worker(
+                index,
+                listener,
+                admin.take(),
+                inbox,
+                ctx.clone(),
+                shutdown_rx.clone(),
+            )
+            .map_err(StartError::Thread)?;
             threads.push(handle);
         }
         let links = Links::spawn(
@@ -208,9 +255,21 @@ impl Node {
             None => None,
         };
         backplane_ready.send_replace(true);
-        tracing::info!(%addr, workers, io = io.name(), node = ctx.config.node_id, "wsrelay listening");
+        match admin_addr {
+            Some(admin) => tracing::info!(
+                %addr, %admin, workers, io = io.name(), node = ctx.config.node_id,
+                "wsrelay listening; status page at http://{admin}/status"
+            ),
+            None => tracing::info!(
+                %addr, workers, io = io.name(), node = ctx.config.node_id,
+                "wsrelay listening"
+            ),
+        }
         Ok(Node {
             addr,
+            io,
+            admin_addr,
+            sampler,
             emitter,
             metrics,
             stop_ingest,
@@ -239,6 +298,21 @@ impl Node {
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Worker threads.
+    pub fn workers(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// The I/O driver the workers run.
+    pub fn io_name(&self) -> &'static str {
+        self.io.name()
+    }
+
+    /// The admin listener's bound address, when there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The in-process producer handle.
@@ -274,6 +348,9 @@ impl Node {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        if let Some(mut s) = self.sampler.take() {
+            s.stop();
+        }
     }
 }
 
@@ -296,6 +373,19 @@ fn raise_fd_limit(max_connections: usize) {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
     }
+}
+
+/// The admin listener: one socket, served by worker 0.
+fn bind_admin(addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
+    let bind = || -> std::io::Result<std::net::TcpListener> {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        s.set_reuse_address(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        s.listen(128)?;
+        Ok(s.into())
+    };
+    bind().map_err(|source| StartError::AdminBind { addr, source })
 }
 
 /// One listener per worker on the same address with SO_REUSEPORT, so the

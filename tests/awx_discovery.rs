@@ -70,10 +70,18 @@ async fn a_node_announces_itself_as_awx_web_nodes_do() {
     let pg = Postgres::start();
     let mut listener = Listener::start(&pg);
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsrelay"));
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
-        .args(["--jwt-secret", SECRET, "--node-id", "awx-web-1"])
-        .args(["--awx-database", &pg.url(), "--advertise-ip", "10.1.2.3"])
-        .args(["--heartbeat-interval-secs", "1"]);
+    cmd.args([
+        "serve",
+        "--admin-listen",
+        "off",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+    ])
+    .args(["--jwt-secret", SECRET, "--node-id", "awx-web-1"])
+    .args(["--awx-database", &pg.url(), "--advertise-ip", "10.1.2.3"])
+    .args(["--heartbeat-interval-secs", "1"]);
     let (mut child, _addr) = spawn_serve(&mut cmd).await;
     let online = r#"{"hostname": "awx-web-1", "ip": "10.1.2.3", "action": "online"}"#;
     let beats = tokio::task::spawn_blocking(move || {

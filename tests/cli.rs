@@ -27,7 +27,7 @@ fn clean_command() -> Command {
 #[tokio::test]
 async fn serve_refuses_to_run_without_an_authenticator() {
     let out = clean_command()
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--admin-listen", "off", "--listen", "127.0.0.1:0"])
         .output()
         .await
         .unwrap();
@@ -39,7 +39,15 @@ async fn serve_refuses_to_run_without_an_authenticator() {
     );
     // Regression (issue 10, finding 12): a guessable JWT secret is refused.
     let out = clean_command()
-        .args(["serve", "--listen", "127.0.0.1:0", "--jwt-secret", "x"])
+        .args([
+            "serve",
+            "--admin-listen",
+            "off",
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-secret",
+            "x",
+        ])
         .output()
         .await
         .unwrap();
@@ -55,7 +63,13 @@ async fn serve_refuses_to_run_without_an_authenticator() {
     let file = dir.join("bad.toml");
     std::fs::write(&file, "listen = \"127.0.0.1:0\"\nwokers = 2\n").unwrap();
     let out = clean_command()
-        .args(["serve", "--dev-insecure", "--config"])
+        .args([
+            "serve",
+            "--admin-listen",
+            "off",
+            "--dev-insecure",
+            "--config",
+        ])
         .arg(&file)
         .output()
         .await
@@ -80,7 +94,14 @@ async fn flags_beat_env_beat_file_and_emit_and_sigterm_work() {
     .unwrap();
     let (mut child, addr) = spawn_serve(
         clean_command()
-            .args(["serve", "--workers", "2", "--config"])
+            .args([
+                "serve",
+                "--admin-listen",
+                "off",
+                "--workers",
+                "2",
+                "--config",
+            ])
             .arg(&file)
             .env("WSRELAY_WORKERS", "3")
             .env("WSRELAY_JWT_SECRET", SECRET),
@@ -152,7 +173,14 @@ async fn flags_beat_env_beat_file_and_emit_and_sigterm_work() {
 #[tokio::test]
 async fn dev_insecure_says_so_loudly() {
     let mut child = clean_command()
-        .args(["serve", "--dev-insecure", "--listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--admin-listen",
+            "off",
+            "--dev-insecure",
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

@@ -347,12 +347,20 @@ async fn a_crashed_node_replays_to_its_peers_what_they_had_not_confirmed() {
     let peer_url = format!("ws://{}", link.addr);
     let command = || {
         let mut c = tokio::process::Command::new(bin);
-        c.args(["serve", "--listen", "127.0.0.1:0", "--jwt-secret", SECRET])
-            .args(["--redis", &url, "--node-id", "a", "--backlog-hold-ms", "0"])
-            .args(["--backplane-secret", BACKPLANE, "--peer", &peer_url])
-            // The stalled link must not be given up while the test holds it.
-            .args(["--peer-ping-interval-ms", "60000", "--io", io_name()])
-            .env("RUST_LOG", "info");
+        c.args([
+            "serve",
+            "--admin-listen",
+            "off",
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-secret",
+            SECRET,
+        ])
+        .args(["--redis", &url, "--node-id", "a", "--backlog-hold-ms", "0"])
+        .args(["--backplane-secret", BACKPLANE, "--peer", &peer_url])
+        // The stalled link must not be given up while the test holds it.
+        .args(["--peer-ping-interval-ms", "60000", "--io", io_name()])
+        .env("RUST_LOG", "info");
         c
     };
     let (mut a, a_addr) = spawn_serve(&mut command()).await;
@@ -867,7 +875,7 @@ async fn sighup_adds_and_removes_peers_and_clients_stay() {
     for n in names {
         let (child, addr) = spawn_serve(
             tokio::process::Command::new(env!("CARGO_BIN_EXE_wsrelay"))
-                .arg("serve")
+                .args(["serve", "--admin-listen", "off"])
                 .arg("--config")
                 .arg(dir.join(format!("{n}.toml"))),
         )

@@ -58,12 +58,18 @@ fn raise_fd_limit() {
 
 fn serve_command(port: u16) -> tokio::process::Command {
     let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsrelay"));
-    c.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--workers", "2", "--io", io_name()])
-        .args(["--jwt-secret", SECRET, "--emit-key", EMIT_KEY])
-        .args(["--max-connections", "30000"])
-        .args(["--subscribe-rate", "1000"])
-        .env("RUST_LOG", "warn,wsrelay::server=info");
+    c.args([
+        "serve",
+        "--admin-listen",
+        "off",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .args(["--workers", "2", "--io", io_name()])
+    .args(["--jwt-secret", SECRET, "--emit-key", EMIT_KEY])
+    .args(["--max-connections", "30000"])
+    .args(["--subscribe-rate", "1000"])
+    .env("RUST_LOG", "warn,wsrelay::server=info");
     c
 }
 

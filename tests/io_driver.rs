@@ -19,6 +19,7 @@ async fn health(addr: std::net::SocketAddr) -> serde_json::Value {
 fn config(io: IoMode) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: None,
         workers: 2,
         io,
         jwt_secret: Some(SECRET.into()),
@@ -74,6 +75,8 @@ async fn auto_falls_back_to_epoll_when_io_uring_is_unavailable() {
     let out = tokio::process::Command::new(bin)
         .args([
             "serve",
+            "--admin-listen",
+            "off",
             "--io",
             "uring",
             "--jwt-secret",
@@ -93,6 +96,8 @@ async fn auto_falls_back_to_epoll_when_io_uring_is_unavailable() {
     let mut child = tokio::process::Command::new(bin)
         .args([
             "serve",
+            "--admin-listen",
+            "off",
             "--io",
             "auto",
             "--jwt-secret",

@@ -276,6 +276,8 @@ fn node(hosts: &Hosts, h: &str, form: &str, redis: bool) -> Proc {
     let mut cmd: Vec<&str> = vec![
         env!("CARGO_BIN_EXE_wsrelay"),
         "serve",
+        "--admin-listen",
+        "off",
         "--listen",
         &listen,
         "--node-id",

@@ -420,10 +420,18 @@ async fn a_restarted_node_resumes_the_stream_with_nothing_lost() {
     let bin = env!("CARGO_BIN_EXE_wsrelay");
     let command = || {
         let mut c = tokio::process::Command::new(bin);
-        c.args(["serve", "--listen", "127.0.0.1:0", "--jwt-secret", SECRET])
-            .args(["--redis", &redis.url(), "--node-id", "restart-node"])
-            .args(["--backlog-hold-ms", "2000", "--io", "epoll"])
-            .env("RUST_LOG", "info");
+        c.args([
+            "serve",
+            "--admin-listen",
+            "off",
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-secret",
+            SECRET,
+        ])
+        .args(["--redis", &redis.url(), "--node-id", "restart-node"])
+        .args(["--backlog-hold-ms", "2000", "--io", "epoll"])
+        .env("RUST_LOG", "info");
         c
     };
     let (child, addr) = spawn_serve(&mut command()).await;

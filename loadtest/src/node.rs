@@ -49,6 +49,8 @@ pub async fn start(io: &str, workers: usize, extra: &[&str]) -> anyhow::Result<N
         .args(["--io", io])
         .args(["--workers", &workers.to_string()])
         .args(["--jwt-secret", SECRET, "--emit-key", EMIT_KEY])
+        // Several nodes run on one machine: none takes the admin port.
+        .args(["--admin-listen", "off"])
         .args(extra)
         .env("RUST_LOG", "warn,wsrelay::server=info")
         .stderr(Stdio::piped())
@@ -456,6 +458,7 @@ pub fn start_inproc(io: &str, workers: usize) -> anyhow::Result<(wsrelay::Node, 
     };
     let node = wsrelay::Node::start(wsrelay::Config {
         listen: "127.0.0.1:0".parse()?,
+        admin_listen: None,
         workers,
         io,
         jwt_secret: Some(SECRET.into()),

@@ -287,7 +287,13 @@ async fn manage(
                 let sink = premade
                     .remove(&spec)
                     .or_else(|| new_sink(&ctx.bp, &spec, ctx.settings.limits));
-                let task = tokio::task::spawn_local(run_link(ctx.clone(), spec, sink, cancel_rx));
+                // Every line of the link carries which peer it is.
+                let span = tracing::info_span!("peer", peer = %spec.label());
+                let link = tracing::Instrument::instrument(
+                    run_link(ctx.clone(), spec, sink, cancel_rx),
+                    span,
+                );
+                let task = tokio::task::spawn_local(link);
                 slot.insert((cancel, task));
             }
         }

@@ -49,11 +49,33 @@ pub struct DeliveryStats {
     pub dropped: u64,
     /// Subscribers disconnected as slow consumers.
     pub slow_disconnects: u64,
+    /// Frames an observer (the status page's tail) missed: not a client's
+    /// loss, so not in `dropped`.
+    pub observer_dropped: u64,
 }
+
+/// The depth of a worker's client queues, summed and at its deepest.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub frames: usize,
+    pub bytes: usize,
+    pub deepest_frames: usize,
+}
+
+/// An observer's queue bound: small, so a browser that falls behind sees
+/// `{"dropped": N}` within a second instead of megabytes of backlog.
+pub const OBSERVER_LIMITS: QueueLimits = QueueLimits {
+    max_bytes: 1 << 20,
+    max_frames: 1024,
+};
 
 struct Subscriber {
     queue: OutQueue,
     groups: BTreeSet<Arc<str>>,
+    /// An operator watching (the status page's tail), not a client: it
+    /// drops its oldest within `OBSERVER_LIMITS` whatever the node's
+    /// policy, and what it misses is counted apart.
+    observer: bool,
     /// The writer, waiting for bytes to write.
     waker: Option<Waker>,
     /// The session, waiting to learn that a close was queued.
@@ -100,20 +122,32 @@ impl Hub {
 
     /// Adds a subscriber with no groups.
     pub fn insert(&mut self) -> SubId {
+        self.insert_as(false)
+    }
+
+    /// Adds an observer (the status page's tail) with no groups.
+    pub fn insert_observer(&mut self) -> SubId {
+        self.insert_as(true)
+    }
+
+    fn insert_as(&mut self, observer: bool) -> SubId {
         self.subs.insert(Subscriber {
             queue: OutQueue::new(),
             groups: BTreeSet::new(),
+            observer,
             waker: None,
             close_waker: None,
         })
     }
 
     /// Removes a subscriber and its groups; returns how many events were
-    /// still queued for it (lost with it, for the drop counter).
+    /// still queued for it (lost with it, for the drop counter; none for
+    /// an observer, whose losses are not a client's).
     pub fn remove(&mut self, id: SubId, delta: &mut RouteDelta) -> u64 {
         self.leave_all(id, delta);
         self.subs
             .try_remove(id)
+            .filter(|sub| !sub.observer)
             .map_or(0, |sub| sub.queue.unsent_events())
     }
 
@@ -178,13 +212,31 @@ impl Hub {
         stats: &mut DeliveryStats,
         delta: &mut RouteDelta,
     ) {
+        self.deliver_at(group, frame, 0, stats, delta);
+    }
+
+    /// `deliver`, for an event the router took at `at` (`Event::at`).
+    pub fn deliver_at(
+        &mut self,
+        group: &str,
+        frame: &Bytes,
+        at: u32,
+        stats: &mut DeliveryStats,
+        delta: &mut RouteDelta,
+    ) {
         let Some(members) = self.groups.get(group) else {
             return;
         };
         let mut overflowed = Vec::new();
         for &id in members {
             let sub = &mut self.subs[id];
-            let wake = match sub.queue.push_event(frame, self.limits, self.policy) {
+            let pushed = if sub.observer {
+                sub.queue
+                    .push_event(frame, at, OBSERVER_LIMITS, SlowPolicy::DropOldest)
+            } else {
+                sub.queue.push_event(frame, at, self.limits, self.policy)
+            };
+            let wake = match pushed {
                 Push::Queued { was_empty } => {
                     stats.delivered += 1;
                     was_empty
@@ -195,7 +247,11 @@ impl Hub {
                     was_empty,
                 } => {
                     stats.delivered += u64::from(queued);
-                    stats.dropped += dropped;
+                    if sub.observer {
+                        stats.observer_dropped += dropped;
+                    } else {
+                        stats.dropped += dropped;
+                    }
                     was_empty
                 }
                 Push::Overflow => {
@@ -236,7 +292,11 @@ impl Hub {
         {
             w.wake();
         }
-        discarded
+        if sub.observer {
+            0
+        } else {
+            discarded
+        }
     }
 
     /// Closes every subscriber after what is already queued for it (server
@@ -269,6 +329,18 @@ impl Hub {
             }
         }
         ok
+    }
+
+    /// What this worker's client queues hold now (observers included).
+    pub fn queue_depth(&self) -> QueueDepth {
+        let mut d = QueueDepth::default();
+        for (_, sub) in &self.subs {
+            let frames = sub.queue.len();
+            d.frames += frames;
+            d.bytes += sub.queue.bytes();
+            d.deepest_frames = d.deepest_frames.max(frames);
+        }
+        d
     }
 
     /// The queue of `id`, for the connection writer.

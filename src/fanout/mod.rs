@@ -12,7 +12,7 @@ mod queue;
 mod router;
 mod routes;
 
-pub use hub::{DeliveryStats, GroupChange, Hub, RouteDelta, SubId};
+pub use hub::{DeliveryStats, GroupChange, Hub, QueueDepth, RouteDelta, SubId};
 pub use queue::{OutQueue, Push, QueueLimits, SlowPolicy};
 pub use router::{Event, RouteError, Router};
 pub use routes::{Changes, RouteTable, Routes, Transition, MAX_WORKERS, PEERS};

@@ -8,7 +8,17 @@ use bytes::Bytes;
 use crate::protocol::{client, frame};
 
 /// What happens when an event does not fit in a subscriber's queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum SlowPolicy {
     /// Close the connection with 1013 "slow consumer" (the default: a UI
@@ -51,6 +61,9 @@ struct Entry {
     /// Events may be dropped by `drop-oldest`; replies and control frames
     /// never are.
     is_event: bool,
+    /// When the router took the event (`Event::at`), for the delivery
+    /// latency; 0 for replies.
+    at: u32,
 }
 
 /// A FIFO of frames. The writer moves a batch out (`take_batch`), writes
@@ -63,8 +76,8 @@ pub struct OutQueue {
     /// The front entry is the rest of a frame the socket took part of: it
     /// must be written, never dropped, and nothing may go before it.
     front_started: bool,
-    /// `is_event` of each frame in flight, in order.
-    in_flight: Vec<bool>,
+    /// `(is_event, at)` of each frame in flight, in order.
+    in_flight: Vec<(bool, u32)>,
     /// Events dropped by `drop-oldest` and not yet told to the client.
     dropped_untold: u64,
     closing: bool,
@@ -121,14 +134,20 @@ impl OutQueue {
         self.closing && self.entries.is_empty()
     }
 
-    /// Offers a shared event frame.
-    pub fn push_event(&mut self, frame: &Bytes, limits: QueueLimits, policy: SlowPolicy) -> Push {
+    /// Offers a shared event frame the router took at `at`.
+    pub fn push_event(
+        &mut self,
+        frame: &Bytes,
+        at: u32,
+        limits: QueueLimits,
+        policy: SlowPolicy,
+    ) -> Push {
         if self.closing {
             return Push::Closed;
         }
         let was_empty = self.is_empty();
         if self.fits(frame.len(), limits) {
-            self.push(frame.clone(), true);
+            self.push(frame.clone(), true, at);
             return Push::Queued { was_empty };
         }
         match policy {
@@ -148,7 +167,7 @@ impl OutQueue {
                 }
                 let queued = self.fits(frame.len(), limits);
                 if queued {
-                    self.push(frame.clone(), true);
+                    self.push(frame.clone(), true, at);
                 } else {
                     dropped += 1;
                 }
@@ -177,13 +196,17 @@ impl OutQueue {
         if !self.fits(frame.len(), limits) {
             return false;
         }
-        self.push(frame, false);
+        self.push(frame, false, 0);
         true
     }
 
-    fn push(&mut self, bytes: Bytes, is_event: bool) {
+    fn push(&mut self, bytes: Bytes, is_event: bool, at: u32) {
         self.bytes += bytes.len();
-        self.entries.push_back(Entry { bytes, is_event });
+        self.entries.push_back(Entry {
+            bytes,
+            is_event,
+            at,
+        });
     }
 
     /// Discards everything not yet started, queues `close` as the last
@@ -201,7 +224,7 @@ impl OutQueue {
         }
         discarded += std::mem::take(&mut self.dropped_untold);
         self.closing = true;
-        self.push(close, false);
+        self.push(close, false, 0);
         discarded
     }
 
@@ -212,7 +235,7 @@ impl OutQueue {
             return;
         }
         self.closing = true;
-        self.push(close, false);
+        self.push(close, false, 0);
     }
 
     /// Moves up to `max` frames, oldest first, into `out` (which must be
@@ -228,6 +251,7 @@ impl OutQueue {
             self.entries.push_front(Entry {
                 bytes: notice,
                 is_event: false,
+                at: 0,
             });
         }
         // With a notice owed behind a started head, send the head alone so
@@ -238,7 +262,7 @@ impl OutQueue {
                 break;
             };
             out.push(e.bytes);
-            self.in_flight.push(e.is_event);
+            self.in_flight.push((e.is_event, e.at));
         }
         self.front_started = false;
     }
@@ -246,7 +270,9 @@ impl OutQueue {
     /// Settles a batch after the socket took `written` bytes of it: written
     /// frames are released, the rest go back to the front in order (a frame
     /// the socket took part of goes back as its remainder). Clears `out`.
-    pub fn settle(&mut self, out: &mut Vec<Bytes>, mut written: usize) {
+    /// Returns when the router took the oldest event written whole (for
+    /// the delivery latency), if one was.
+    pub fn settle(&mut self, out: &mut Vec<Bytes>, mut written: usize) -> Option<u32> {
         self.bytes -= written;
         let mut first_unwritten = out.len();
         for (i, b) in out.iter_mut().enumerate() {
@@ -262,7 +288,11 @@ impl OutQueue {
             break;
         }
         let flags = std::mem::take(&mut self.in_flight);
-        for (b, is_event) in out
+        let oldest = flags[..first_unwritten]
+            .iter()
+            .find(|(is_event, at)| *is_event && *at != 0)
+            .map(|(_, at)| *at);
+        for (b, (is_event, at)) in out
             .drain(first_unwritten..)
             .zip(&flags[first_unwritten..])
             .rev()
@@ -270,11 +300,13 @@ impl OutQueue {
             self.entries.push_front(Entry {
                 bytes: b,
                 is_event: *is_event,
+                at: *at,
             });
         }
         out.clear();
         self.in_flight = flags;
         self.in_flight.clear();
+        oldest
     }
 }
 
@@ -319,19 +351,19 @@ mod tests {
         let mut q = OutQueue::new();
         let d = SlowPolicy::Disconnect;
         assert_eq!(
-            q.push_event(&frame(10), LIMITS, d),
+            q.push_event(&frame(10), 1, LIMITS, d),
             Push::Queued { was_empty: true }
         );
         assert_eq!(
-            q.push_event(&frame(10), LIMITS, d),
+            q.push_event(&frame(10), 1, LIMITS, d),
             Push::Queued { was_empty: false }
         );
-        assert_eq!(q.push_event(&frame(90), LIMITS, d), Push::Overflow);
+        assert_eq!(q.push_event(&frame(90), 1, LIMITS, d), Push::Overflow);
         assert_eq!(
-            q.push_event(&frame(10), LIMITS, d),
+            q.push_event(&frame(10), 1, LIMITS, d),
             Push::Queued { was_empty: false }
         );
-        assert_eq!(q.push_event(&frame(1), LIMITS, d), Push::Overflow);
+        assert_eq!(q.push_event(&frame(1), 1, LIMITS, d), Push::Overflow);
         assert_eq!((q.len(), q.bytes()), (3, 30));
     }
 
@@ -339,7 +371,12 @@ mod tests {
     fn partial_writes_resume_mid_frame() {
         let mut q = OutQueue::new();
         for b in [b"abc".as_slice(), b"de", b"f"] {
-            q.push_event(&Bytes::copy_from_slice(b), LIMITS, SlowPolicy::Disconnect);
+            q.push_event(
+                &Bytes::copy_from_slice(b),
+                1,
+                LIMITS,
+                SlowPolicy::Disconnect,
+            );
         }
         write_part(&mut q, 4);
         assert_eq!(q.bytes(), 2);
@@ -353,10 +390,10 @@ mod tests {
         let mut q = OutQueue::new();
         let p = SlowPolicy::DropOldest;
         for c in [b'a', b'b', b'c'] {
-            q.push_event(&Bytes::from(vec![c; 30]), LIMITS, p);
+            q.push_event(&Bytes::from(vec![c; 30]), 1, LIMITS, p);
         }
         write_part(&mut q, 5); // the socket has part of "a"
-        let pushed = q.push_event(&Bytes::from(vec![b'd'; 30]), LIMITS, p);
+        let pushed = q.push_event(&Bytes::from(vec![b'd'; 30]), 1, LIMITS, p);
         assert_eq!(
             pushed,
             Push::DroppedOldest {
@@ -378,7 +415,7 @@ mod tests {
     #[test]
     fn an_event_bigger_than_the_bound_is_itself_dropped() {
         let mut q = OutQueue::new();
-        let pushed = q.push_event(&frame(101), LIMITS, SlowPolicy::DropOldest);
+        let pushed = q.push_event(&frame(101), 1, LIMITS, SlowPolicy::DropOldest);
         assert_eq!(
             pushed,
             Push::DroppedOldest {
@@ -396,12 +433,12 @@ mod tests {
         let mut q = OutQueue::new();
         let p = SlowPolicy::DropOldest;
         assert!(q.push_control(frame(10), LIMITS));
-        q.push_event(&frame(40), LIMITS, p);
-        q.push_event(&frame(40), LIMITS, p);
-        q.push_event(&frame(40), LIMITS, p); // drops one event, not the reply
+        q.push_event(&frame(40), 1, LIMITS, p);
+        q.push_event(&frame(40), 1, LIMITS, p);
+        q.push_event(&frame(40), 1, LIMITS, p); // drops one event, not the reply
         assert_eq!(q.len(), 3);
         assert_eq!(q.close(Bytes::from_static(b"CLOSE")), 3); // 2 events + 1 untold
-        assert_eq!(q.push_event(&frame(1), LIMITS, p), Push::Closed);
+        assert_eq!(q.push_event(&frame(1), 1, LIMITS, p), Push::Closed);
         let out = drain(&mut q);
         assert_eq!(out, b"CLOSE");
         assert!(q.is_closed_and_drained());
@@ -412,12 +449,12 @@ mod tests {
         let mut q = OutQueue::new();
         let p = SlowPolicy::DropOldest;
         for c in [b'a', b'b', b'c'] {
-            q.push_event(&Bytes::from(vec![c; 30]), LIMITS, p);
+            q.push_event(&Bytes::from(vec![c; 30]), 1, LIMITS, p);
         }
         let mut batch = Vec::new();
         q.take_batch(&mut batch, 2); // "a" and "b" go to the socket
                                      // While they are in flight, making room drops "c", not them.
-        q.push_event(&Bytes::from(vec![b'd'; 30]), LIMITS, p);
+        q.push_event(&Bytes::from(vec![b'd'; 30]), 1, LIMITS, p);
         q.settle(&mut batch, 60);
         let out = drain(&mut q);
         let notice = frame::text_frame(b"{\"dropped\": 1}");
@@ -425,8 +462,8 @@ mod tests {
 
         // Close keeps the in-flight frames so the socket's count stays true.
         let mut q = OutQueue::new();
-        q.push_event(&frame(10), LIMITS, p);
-        q.push_event(&frame(10), LIMITS, p);
+        q.push_event(&frame(10), 1, LIMITS, p);
+        q.push_event(&frame(10), 1, LIMITS, p);
         q.take_batch(&mut batch, 8);
         assert_eq!(q.close(Bytes::from_static(b"C")), 0);
         // The socket took only part: the rest still goes before the close.
@@ -444,7 +481,7 @@ mod tests {
         assert!(q.push_control(frame(10), LIMITS));
         let mut q = OutQueue::new();
         assert_eq!(
-            q.push_event(&frame(LIMITS.max_bytes), LIMITS, SlowPolicy::Disconnect),
+            q.push_event(&frame(LIMITS.max_bytes), 1, LIMITS, SlowPolicy::Disconnect),
             Push::Queued { was_empty: true }
         );
         assert!(!q.push_control(frame(1), LIMITS));

@@ -18,7 +18,14 @@ use crate::protocol::frame;
 pub struct Event {
     pub group: Arc<str>,
     pub frame: Bytes,
+    /// When the router took it (`Router::with_clock`'s units; 0 without a
+    /// clock): the writer measures delivery latency from it.
+    pub at: u32,
 }
+
+/// What the router stamps events with: a clock the wiring layer gives it
+/// (this module reads none itself).
+pub type Clock = Box<dyn Fn() -> u32 + Send + Sync>;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
@@ -41,6 +48,7 @@ pub struct Router {
     workers: Vec<mpsc::Sender<Vec<Event>>>,
     /// Where locally produced events also go: the backplane's links.
     peers: Option<Arc<Outbox>>,
+    clock: Option<Clock>,
 }
 
 impl Router {
@@ -49,7 +57,15 @@ impl Router {
             routes,
             workers,
             peers: None,
+            clock: None,
         }
+    }
+
+    /// A router that stamps each batch it routes with `clock` (non-zero
+    /// values; the node's is 10 µs units since start, wrapping).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = Some(clock);
+        self
     }
 
     /// A router whose local events are also offered to the backplane.
@@ -123,6 +139,7 @@ impl Router {
     ) -> Result<Routed, RouteError> {
         let mut per_worker: Vec<Vec<Event>> = vec![Vec::new(); self.workers.len()];
         let mut routed = Routed::default();
+        let at = self.clock.as_ref().map_or(0, |c| c().max(1));
         {
             let table = self.routes.load();
             for (group, payload) in events {
@@ -145,6 +162,7 @@ impl Router {
                         batch.push(Event {
                             group: group.clone(),
                             frame: frame.clone(),
+                            at,
                         });
                     }
                 }

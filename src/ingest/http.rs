@@ -44,7 +44,7 @@ pub(crate) fn check(ctx: &NodeContext, head: &RequestHead, body: Body) -> Result
         return Err(Reply::error(405, "use POST"));
     }
     let presented = head.bearer().unwrap_or("");
-    if !bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
+    if !bool::from(presented.as_bytes().ct_eq(key.expose().as_bytes())) {
         return Err(Reply::error(401, "missing or wrong emit key"));
     }
     let Body::Length(len) = body else {

@@ -408,7 +408,9 @@ impl Ingest {
                         backoff.reset();
                         let mut members = blocking_pop_member(first);
                         members.extend(pairs(rest));
-                        if !members.is_empty() {
+                        if members.is_empty() {
+                            self.metrics.ingest_lag_redis.set(0.0);
+                        } else {
                             self.deliver_channels_redis(members).await;
                         }
                     }
@@ -521,6 +523,13 @@ impl Ingest {
                     backoff.reset();
                     let entries = stream_entries(reply);
                     let rereading = cursor != ">";
+                    // An entry id is its arrival time: the first one's age
+                    // is how far behind the producers this read is.
+                    let lag = entries
+                        .first()
+                        .and_then(|(id, _)| StreamId::parse(id))
+                        .map_or(0.0, |id| (now_secs() - id.ms as f64 / 1000.0).max(0.0));
+                    self.metrics.ingest_lag_stream.set(lag);
                     if rereading {
                         // Done with this node's pending entries: go on to new ones.
                         match entries.last() {
@@ -804,6 +813,12 @@ impl Ingest {
 
     async fn deliver_channels_redis(&self, members: Vec<(Vec<u8>, f64)>) {
         let now = now_secs();
+        // The oldest is first (score order): its age is how far behind the
+        // producers this read is.
+        let oldest = members
+            .first()
+            .map_or(0.0, |(_, score)| (now - score).max(0.0));
+        self.metrics.ingest_lag_redis.set(oldest);
         let mut events: Vec<(String, Bytes)> = Vec::with_capacity(members.len());
         for (member, score) in members {
             match decode(

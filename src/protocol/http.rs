@@ -222,8 +222,20 @@ pub fn switching_protocols(accept: &str) -> Vec<u8> {
 
 /// A complete response with a body. JSON bodies get `application/json`.
 pub fn response(status: u16, content_type: &str, body: &[u8], keep_alive: bool) -> Vec<u8> {
+    response_with(status, content_type, "", body, keep_alive)
+}
+
+/// A complete response with more header lines (`extra`: each ending in
+/// CRLF, from our own constants only).
+pub fn response_with(
+    status: u16,
+    content_type: &str,
+    extra: &str,
+    body: &[u8],
+    keep_alive: bool,
+) -> Vec<u8> {
     let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\n{extra}Content-Length: {}\r\nConnection: {}\r\n\r\n",
         reason_phrase(status),
         body.len(),
         if keep_alive { "keep-alive" } else { "close" },

@@ -10,15 +10,15 @@ use tokio::time::timeout;
 
 use super::stream::{Stream, READ_CHUNK};
 use super::worker::Worker;
-use super::{websocket, NodeContext};
+use super::{admin, websocket, Listener, NodeContext};
 use crate::ingest::http as emit;
 use crate::protocol::http::{self, Body, HttpError, RequestHead};
 
-pub(super) async fn serve<S: Stream>(worker: Rc<Worker>, stream: S) {
+pub(super) async fn serve<S: Stream>(worker: Rc<Worker>, stream: S, via: Listener) {
     // On every way out, a panic included: with io_uring a socket with a
     // receive in flight is not closed by dropping it.
     let stream = ShutdownOnDrop(stream);
-    serve_requests(worker, &stream.0).await;
+    serve_requests(worker, &stream.0, via).await;
 }
 
 struct ShutdownOnDrop<S: Stream>(S);
@@ -29,7 +29,7 @@ impl<S: Stream> Drop for ShutdownOnDrop<S> {
     }
 }
 
-async fn serve_requests<S: Stream>(worker: Rc<Worker>, stream: &S) {
+async fn serve_requests<S: Stream>(worker: Rc<Worker>, stream: &S, via: Listener) {
     // Small to start: an idle websocket client keeps this buffer for life,
     // and requests larger than this grow it as they arrive.
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -77,7 +77,52 @@ async fn serve_requests<S: Stream>(worker: Rc<Worker>, stream: &S) {
             return answer_and_close(stream, reply).await;
         }
         let keep_alive = head.keep_alive() && bodiless;
+        let admin_here = via == Listener::Admin;
         let (reply, reuse) = match (head.method.as_str(), head.path.as_str()) {
+            ("GET", "/healthz") => (healthz(&ctx, keep_alive), keep_alive),
+            ("GET", "/readyz") => (admin::readyz(&ctx, keep_alive), keep_alive),
+            ("GET", "/metrics") => (
+                http::response(
+                    200,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ctx.metrics.render().as_bytes(),
+                    keep_alive,
+                ),
+                keep_alive,
+            ),
+            ("GET", "/status" | "/status/" | "/status.json") | (_, "/status/tail") => {
+                if let Err(denied) = admin::check(&ctx, &head, via) {
+                    (denied.response(keep_alive), keep_alive)
+                } else if head.path == "/status/tail" {
+                    if !head.is_upgrade() {
+                        let reply = http::error_response(
+                            426,
+                            "the tail is a websocket: upgrade",
+                            keep_alive,
+                        );
+                        (reply, keep_alive)
+                    } else {
+                        // Boxed: rare, and its state would size every
+                        // client connection's task.
+                        Box::pin(websocket::tail(worker, stream, head, buf)).await;
+                        return;
+                    }
+                } else if head.path == "/status.json" {
+                    (admin::data(&ctx, keep_alive), keep_alive)
+                } else {
+                    let page = admin::asset(&head.path, keep_alive).expect("a page path");
+                    (page, keep_alive)
+                }
+            }
+            ("GET", "/status.js" | "/status.css") if admin::served_here(&ctx, via) => {
+                let asset = admin::asset(&head.path, keep_alive).expect("an asset path");
+                (asset, keep_alive)
+            }
+            // The admin listener serves operators only.
+            _ if admin_here => (
+                http::error_response(404, "not found", keep_alive),
+                keep_alive,
+            ),
             // Conformance testing: every upgrade is an echo session.
             _ if ctx.config.test_echo && head.is_upgrade() => {
                 websocket::run(worker, stream, head, buf).await;
@@ -108,16 +153,6 @@ async fn serve_requests<S: Stream>(worker: Rc<Worker>, stream: &S) {
                 Err(Some(reply)) => return answer_and_close(stream, reply).await,
                 Err(None) => return,
             },
-            ("GET", "/healthz") => (healthz(&ctx, keep_alive), keep_alive),
-            ("GET", "/metrics") => (
-                http::response(
-                    200,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ctx.metrics.render().as_bytes(),
-                    keep_alive,
-                ),
-                keep_alive,
-            ),
             _ => (
                 http::error_response(404, "not found", keep_alive),
                 keep_alive,

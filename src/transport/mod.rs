@@ -6,6 +6,7 @@
 //! and io_uring through tokio-uring. Everything above the seam (`conn`,
 //! `websocket`) is the same code for both.
 
+mod admin;
 mod conn;
 mod peer;
 mod stream;
@@ -21,6 +22,24 @@ use crate::auth::Authenticator;
 use crate::config::{Config, IoMode};
 use crate::fanout::{Router, Routes};
 use crate::metrics::Metrics;
+
+/// Seconds in one unit of an event's stamp (`Event::at`): 10 µs, so a
+/// `u32` wraps after about 11.9 hours; latencies are differences.
+pub(crate) const STAMP_SECS: f64 = 1e-5;
+
+/// Now, in stamp units since `started` (never 0: 0 means "no stamp").
+pub(crate) fn stamp(started: std::time::Instant) -> u32 {
+    ((started.elapsed().as_micros() / 10) as u32).max(1)
+}
+
+/// Which listener a connection arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Listener {
+    /// `--listen`: clients, producers, peers (and health, metrics).
+    Clients,
+    /// `--admin-listen`: operators only (status page, metrics, readiness).
+    Admin,
+}
 
 /// The driver a node runs, after probing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,4 +134,11 @@ pub(crate) struct NodeContext {
     pub shutting_down: std::sync::atomic::AtomicBool,
     /// Backplane state shared with the peer links.
     pub backplane: Arc<crate::backplane::Backplane>,
+    /// When the node started: uptime, and the epoch of event timestamps
+    /// (delivery latency).
+    pub started: std::time::Instant,
+    /// The status page's history, when the page is served at all.
+    pub status: Option<Arc<std::sync::Mutex<crate::status::History>>>,
+    /// Log lines an outsider can repeat, rate-limited.
+    pub throttle: crate::throttle::Throttles,
 }

@@ -47,7 +47,14 @@ pub(super) async fn run<S: Stream>(
     let bp = ctx.backplane.clone();
     let refuse = |reason: &str, why: &str| {
         bp.metrics.peers.auth_failure(reason).inc();
-        tracing::warn!(path = head.path, reason = why, "peer refused");
+        if let Some(held) = ctx.throttle.peer_refused.check() {
+            tracing::warn!(
+                path = head.path,
+                reason = why,
+                held_back = held,
+                "peer refused"
+            );
+        }
         http::error_response(403, &format!("backplane: {why}"), false)
     };
     let Some(shared) = bp.secret.as_deref() else {

@@ -70,7 +70,11 @@ pub(super) async fn run<S: Stream>(
                 _ => Refusal::AuthFailed,
             };
             m.refused(why).inc();
-            tracing::info!(reason = %e, "client refused");
+            // A reconnect storm with stale credentials repeats this by
+            // the thousand: one line per interval, with the count.
+            if let Some(held) = ctx.throttle.client_refused.check() {
+                tracing::warn!(reason = %e, held_back = held, "client refused");
+            }
             refuse(stream, &e.close_reason(), &worker, buf).await;
             return;
         }
@@ -86,6 +90,7 @@ pub(super) async fn run<S: Stream>(
     let _member = Member {
         worker: &worker,
         id,
+        observer: false,
     };
     let rate = ctx.config.subscribe_rate as f64;
     let session = Session {
@@ -93,6 +98,7 @@ pub(super) async fn run<S: Stream>(
         id,
         identity,
         csrf_cookie: head.cookie("csrftoken").map(str::to_owned),
+        observer: false,
         write_started: Cell::new(None),
         message_budget: Cell::new((rate * 2.0, Instant::now())),
     };
@@ -109,15 +115,94 @@ pub(super) async fn run<S: Stream>(
 async fn echo<S: Stream>(worker: &Worker, stream: &S, buf: BytesMut) {
     let id = worker.hub.borrow_mut().insert();
     worker.ctx.metrics.connections[worker.index].inc();
-    let _member = Member { worker, id };
+    let _member = Member {
+        worker,
+        id,
+        observer: false,
+    };
     let session = Session {
         worker,
         id,
         identity: Identity::anyone(0),
         csrf_cookie: None,
+        observer: false,
         write_started: Cell::new(None),
         message_budget: Cell::new((f64::MAX, Instant::now())),
     };
+    session.drive(stream, buf).await;
+}
+
+/// The status page's tail of one group (`/status/tail?group=G`, already
+/// admitted by `admin::check`): a websocket that receives the group's
+/// events as a client would. It is an observer: not a client in the
+/// metrics, its messages are ignored, and it drops its oldest (telling the
+/// page `{"dropped": N}`) when the browser falls behind, so an operator
+/// watching a storm costs the node a bounded queue.
+pub(super) async fn tail<S: Stream>(
+    worker: Rc<Worker>,
+    stream: &S,
+    head: RequestHead,
+    buf: BytesMut,
+) {
+    let ctx = worker.ctx.clone();
+    let group = head.query_param("group").unwrap_or_default();
+    if group.is_empty() || group.len() > ctx.config.max_group_name {
+        let reply = http::error_response(
+            400,
+            "give the group to tail: /status/tail?group=NAME",
+            false,
+        );
+        return conn::answer_and_close(stream, reply).await;
+    }
+    let accept_key = match http::upgrade_accept_key(&head) {
+        Ok(k) => k,
+        Err(e) => {
+            let reply = http::error_response(400, &e.to_string(), false);
+            return conn::answer_and_close(stream, reply).await;
+        }
+    };
+    // Counted against the connection limit like any websocket.
+    let Some(_slot) = super::Slot::acquire(&ctx.ws_connections, ctx.config.max_connections) else {
+        let reply = http::error_response(503, "connection limit reached", false);
+        return conn::answer_and_close(stream, reply).await;
+    };
+    if stream
+        .write_all(http::switching_protocols(&accept_key))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let id = worker.hub.borrow_mut().insert_observer();
+    let _member = Member {
+        worker: &worker,
+        id,
+        observer: true,
+    };
+    let session = Session {
+        worker: &worker,
+        id,
+        identity: Identity::anyone(0),
+        csrf_cookie: None,
+        observer: true,
+        write_started: Cell::new(None),
+        message_budget: Cell::new((f64::MAX, Instant::now())),
+    };
+    let mut delta = RouteDelta::default();
+    worker.hub.borrow_mut().set_groups(
+        id,
+        std::collections::BTreeSet::from([group.clone()]),
+        &mut delta,
+    );
+    // Held on this node, then by its peers and in Redis, as a client's
+    // subscription is, before the page is told.
+    if let Some(epoch) = worker.publish(&delta) {
+        Box::pin(followers_caught_up(&ctx, epoch)).await;
+    }
+    tracing::info!(group, "status page tail opened");
+    session.control(frame::text_frame(
+        serde_json::json!({ "tail": group }).to_string().as_bytes(),
+    ));
     session.drive(stream, buf).await;
 }
 
@@ -125,6 +210,8 @@ async fn echo<S: Stream>(worker: &Worker, stream: &S, buf: BytesMut) {
 struct Member<'w> {
     worker: &'w Worker,
     id: SubId,
+    /// The status page's tail: not counted as a connection.
+    observer: bool,
 }
 
 impl Drop for Member<'_> {
@@ -142,7 +229,9 @@ impl Drop for Member<'_> {
         let m = &self.worker.ctx.metrics;
         // Accepted for this client and never written: counted, not silent.
         m.dropped.inc_by(unsent);
-        m.connections[self.worker.index].dec();
+        if !self.observer {
+            m.connections[self.worker.index].dec();
+        }
     }
 }
 
@@ -200,6 +289,8 @@ struct Session<'w> {
     id: SubId,
     identity: Identity,
     csrf_cookie: Option<String>,
+    /// The status page's tail: its messages are ignored.
+    observer: bool,
     /// When the write in progress started: a write that the client has not
     /// let finish for a whole ping interval marks a client that stopped
     /// reading (it may still answer pings).
@@ -331,6 +422,7 @@ impl Session<'_> {
                 self.control(frame::binary_frame(&b));
                 true
             }
+            Message::Text(_) if self.observer => true,
             Message::Text(mut text) => {
                 self.pace().await;
                 self.on_text(&mut text).await;
@@ -551,8 +643,17 @@ impl Session<'_> {
             let queue = hub.queue_mut(self.id);
             // On failure the batch goes back whole, so the frames are counted
             // when the session ends rather than vanishing.
-            queue.settle(&mut frames, *result.as_ref().unwrap_or(&0));
+            let oldest = queue.settle(&mut frames, *result.as_ref().unwrap_or(&0));
+            drop(hub);
             result?;
+            // One observation per write: the oldest event it carried, from
+            // the router to the socket.
+            if let Some(at) = oldest {
+                let ctx = &self.worker.ctx;
+                let waited = super::stamp(ctx.started).wrapping_sub(at);
+                ctx.metrics.delivery_latency[self.worker.index]
+                    .observe(f64::from(waited) * super::STAMP_SECS);
+            }
         }
     }
 

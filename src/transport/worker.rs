@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::stream::Stream;
-use super::{conn, Io, NodeContext};
+use super::{conn, Io, Listener, NodeContext};
 use crate::fanout::{DeliveryStats, Event, Hub, RouteDelta};
 use crate::metrics::ServerClose;
 use crate::protocol::frame::close_code;
@@ -38,32 +38,35 @@ impl Worker {
 /// A listener of either driver.
 trait Acceptor {
     type Stream: Stream;
-    async fn next(&self) -> io::Result<Self::Stream>;
+    async fn next(&self) -> io::Result<(Self::Stream, std::net::SocketAddr)>;
 }
 
 impl Acceptor for tokio::net::TcpListener {
     type Stream = tokio::net::TcpStream;
-    async fn next(&self) -> io::Result<Self::Stream> {
-        let (s, _) = self.accept().await?;
+    async fn next(&self) -> io::Result<(Self::Stream, std::net::SocketAddr)> {
+        let (s, peer) = self.accept().await?;
         s.set_nodelay(true)?;
-        Ok(s)
+        Ok((s, peer))
     }
 }
 
 impl Acceptor for tokio_uring::net::TcpListener {
     type Stream = tokio_uring::net::TcpStream;
-    async fn next(&self) -> io::Result<Self::Stream> {
-        let (s, _) = self.accept().await?;
+    async fn next(&self) -> io::Result<(Self::Stream, std::net::SocketAddr)> {
+        let (s, peer) = self.accept().await?;
         s.set_nodelay(true)?;
-        Ok(s)
+        Ok((s, peer))
     }
 }
 
 /// Starts worker `index` on its own thread and returns once its runtime
-/// and listener are up, or with the reason they could not be.
+/// and listener are up, or with the reason they could not be. The admin
+/// listener, when given, is served by this worker too (the status page's
+/// tail subscribes in its hub).
 pub(crate) fn spawn_worker(
     index: usize,
     listener: std::net::TcpListener,
+    admin: Option<std::net::TcpListener>,
     inbox: mpsc::Receiver<Vec<Event>>,
     ctx: Arc<NodeContext>,
     shutdown: watch::Receiver<bool>,
@@ -89,12 +92,13 @@ pub(crate) fn spawn_worker(
                         Err(e) => return drop(ready_tx.send(Err(e))),
                     };
                     tokio::task::LocalSet::new().block_on(&rt, async move {
-                        match tokio::net::TcpListener::from_std(listener) {
-                            Ok(l) => {
+                        let admin = admin.map(tokio::net::TcpListener::from_std).transpose();
+                        match (tokio::net::TcpListener::from_std(listener), admin) {
+                            (Ok(l), Ok(admin)) => {
                                 let _ = ready_tx.send(Ok(()));
-                                run(worker, l, inbox, shutdown).await;
+                                run(worker, l, admin, inbox, shutdown).await;
                             }
-                            Err(e) => drop(ready_tx.send(Err(e))),
+                            (Err(e), _) | (_, Err(e)) => drop(ready_tx.send(Err(e))),
                         }
                     });
                 }
@@ -105,8 +109,9 @@ pub(crate) fn spawn_worker(
                     };
                     rt.block_on(async move {
                         let l = tokio_uring::net::TcpListener::from_std(listener);
+                        let admin = admin.map(tokio_uring::net::TcpListener::from_std);
                         let _ = ready_tx.send(Ok(()));
-                        run(worker, l, inbox, shutdown).await;
+                        run(worker, l, admin, inbox, shutdown).await;
                     });
                 }
             }
@@ -121,31 +126,82 @@ pub(crate) fn spawn_worker(
     }
 }
 
-async fn run<A: Acceptor>(
+async fn run<A: Acceptor + 'static>(
     worker: Rc<Worker>,
     listener: A,
+    admin: Option<A>,
     inbox: mpsc::Receiver<Vec<Event>>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     tokio::task::spawn_local(deliver(worker.clone(), inbox));
+    tokio::task::spawn_local(sample_queues(worker.clone()));
+    // Each listener has its own accept loop: an accept is never raced
+    // against another (with io_uring, a cancelled accept still completes
+    // in the kernel, and the connection it took would be lost).
+    let admin = admin.map(|admin| {
+        tokio::task::spawn_local(accept_loop(
+            worker.clone(),
+            admin,
+            Listener::Admin,
+            shutdown.clone(),
+        ))
+    });
+    accept_loop(worker.clone(), listener, Listener::Clients, shutdown).await;
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
+    close_everyone(&worker).await;
+}
+
+/// Accepts on `listener` until shutdown, each connection a task of its
+/// own with its context (peer address, worker) on every log line.
+async fn accept_loop<A: Acceptor>(
+    worker: Rc<Worker>,
+    listener: A,
+    via: Listener,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
-        tokio::select! {
-            accepted = listener.next() => match accepted {
-                Ok(stream) => {
-                    tokio::task::spawn_local(conn::serve(worker.clone(), stream));
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead
-                    // of spinning on an error that will repeat.
-                    tracing::warn!(worker = worker.index, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
+        let accepted = tokio::select! {
+            a = listener.next() => a,
             _ = shutdown.changed() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let span = tracing::info_span!("conn", %peer, worker = worker.index);
+                tokio::task::spawn_local(tracing::Instrument::instrument(
+                    conn::serve(worker.clone(), stream, via),
+                    span,
+                ));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of
+                // spinning on an error that will repeat (the message says
+                // so once a second at most).
+                if worker.ctx.throttle.accept_failed.allow() {
+                    tracing::warn!(worker = worker.index, error = %e, "accept failed");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
-    drop(listener);
-    close_everyone(&worker).await;
+}
+
+/// Once a second: the depth of this worker's client queues, for
+/// `wsrelay_queued_frames`/`_bytes` and the deepest one. A walk over the
+/// worker's subscribers, O(connections) once a second, instead of
+/// bookkeeping on every push.
+async fn sample_queues(worker: Rc<Worker>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let depth = worker.hub.borrow().queue_depth();
+        let m = &worker.ctx.metrics;
+        m.queued_frames[worker.index].set(depth.frames as i64);
+        m.queued_bytes[worker.index].set(depth.bytes as i64);
+        m.deepest_queue[worker.index].set(depth.deepest_frames as i64);
+    }
 }
 
 /// Delivers what is still in the inbox, then closes every client with 1001
@@ -185,7 +241,7 @@ async fn deliver(worker: Rc<Worker>, mut inbox: mpsc::Receiver<Vec<Event>>) {
             let mut hub = worker.hub.borrow_mut();
             for batch in batches.drain(..) {
                 for event in batch {
-                    hub.deliver(&event.group, &event.frame, &mut stats, &mut delta);
+                    hub.deliver_at(&event.group, &event.frame, event.at, &mut stats, &mut delta);
                 }
             }
         }
@@ -195,6 +251,9 @@ async fn deliver(worker: Rc<Worker>, mut inbox: mpsc::Receiver<Vec<Event>>) {
         m.deliveries.inc_by(stats.delivered);
         if stats.dropped > 0 {
             m.dropped.inc_by(stats.dropped);
+        }
+        if stats.observer_dropped > 0 {
+            m.tail_dropped.inc_by(stats.observer_dropped);
         }
         if stats.slow_disconnects > 0 {
             m.server_close(ServerClose::SlowConsumer)

@@ -66,6 +66,8 @@ pub fn io_name() -> &'static str {
 pub fn start(tune: impl FnOnce(&mut Config)) -> TestNode {
     let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
+        // Tests run many nodes at once: none takes the admin port.
+        admin_listen: None,
         workers: 2,
         io: io_under_test(),
         jwt_secret: Some(SECRET.into()),
