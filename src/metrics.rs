@@ -121,9 +121,9 @@ pub struct Metrics {
     /// Events the status page's tail missed (its browser fell behind):
     /// not clients' losses.
     pub tail_dropped: Counter,
-    /// How old the last event read from each Redis source was when read
-    /// (`redis`: its channels_redis send time; `stream`: its entry id's);
-    /// 0 once a read finds nothing waiting.
+    /// How long the oldest event of the last batch read from each Redis
+    /// source had waited (`redis`: since its channels_redis send time;
+    /// `stream`: since its entry id's time). Kept until the next batch.
     pub ingest_lag_redis: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub ingest_lag_stream: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Events accepted from the channels_redis layer.
@@ -790,7 +790,7 @@ impl Metrics {
         let ingest_lag = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
             "ingest_lag_seconds",
-            "Age of the last event read from a Redis source when it was read; 0 when nothing waits",
+            "How long the oldest event of the last batch read from a Redis source had waited (kept until the next batch)",
             ingest_lag.clone(),
         );
         let lag = |source: &str| {
@@ -912,7 +912,7 @@ impl Metrics {
         let redis_up = Gauge::default();
         registry.register(
             "redis_up",
-            "1 while Redis memberships are up to date, 0 during an outage",
+            "1 while Redis answers (the drain asks every second) and memberships are written, 0 during an outage",
             redis_up.clone(),
         );
         let emit_requests = labelled(

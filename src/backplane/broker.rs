@@ -65,7 +65,10 @@ const MESSAGE_OVERHEAD: usize = 1024;
 /// The broker's settings, from `Config`.
 #[derive(Debug, Clone)]
 pub struct BrokerSettings {
+    /// The servers, without credentials (they travel apart, below, so that
+    /// no address the client logs carries them).
     pub urls: Vec<String>,
+    pub credentials: Option<Credentials>,
     pub prefix: String,
     /// How long the stream keeps messages; zero: no JetStream, no resume.
     pub replay_window: Duration,
@@ -79,18 +82,85 @@ pub struct BrokerSettings {
     pub max_group_name: usize,
 }
 
+/// A NATS login taken from the URLs' user part: `user:password@`, or a
+/// token alone (`token@`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    User(String, crate::config::Secret),
+    Token(crate::config::Secret),
+}
+
+/// Splits `url`'s user part off: the URL without it, and the login.
+fn split_credentials(url: &str) -> Result<(String, Option<Credentials>), ConfigError> {
+    let bad = || {
+        ConfigError::Broker(format!(
+            "--broker {}: not a URL",
+            crate::config::mask_url(url)
+        ))
+    };
+    let mut u = reqwest::Url::parse(url).map_err(|_| bad())?;
+    if u.host_str().is_none() {
+        return Err(bad());
+    }
+    let user = percent_decode(u.username());
+    let pass = u.password().map(percent_decode);
+    let creds = match (user.is_empty(), pass) {
+        (true, None) => None,
+        (false, None) => Some(Credentials::Token(user.into())),
+        (_, Some(p)) => Some(Credentials::User(user, p.into())),
+    };
+    u.set_username("").map_err(|_| bad())?;
+    u.set_password(None).map_err(|_| bad())?;
+    Ok((u.to_string().trim_end_matches('/').to_owned(), creds))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            if let Some(b) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 impl BrokerSettings {
     /// `None` when no broker is configured.
     pub fn from_config(c: &Config) -> Result<Option<Self>, ConfigError> {
         if c.broker.is_empty() {
             return Ok(None);
         }
-        for url in &c.broker {
+        let mut urls = Vec::with_capacity(c.broker.len());
+        let mut credentials = None;
+        for (i, url) in c.broker.iter().enumerate() {
             if !(url.starts_with("nats://") || url.starts_with("tls://")) {
                 return Err(ConfigError::Broker(format!(
-                    "--broker {url}: want nats://host:port or tls://host:port"
+                    "--broker {}: want nats://host:port or tls://host:port",
+                    crate::config::mask_url(url)
                 )));
             }
+            let (bare, creds) = split_credentials(url)?;
+            // One login for the cluster: the client presents it to
+            // whichever server it reaches.
+            if i > 0 && creds != credentials {
+                return Err(ConfigError::Broker(
+                    "--broker: the servers' URLs carry different logins; one cluster takes one"
+                        .into(),
+                ));
+            }
+            credentials = creds;
+            urls.push(bare);
         }
         let prefix = &c.broker_subject_prefix;
         if prefix.is_empty()
@@ -105,7 +175,8 @@ impl BrokerSettings {
             )));
         }
         Ok(Some(Self {
-            urls: c.broker.clone(),
+            urls,
+            credentials,
             prefix: prefix.clone(),
             replay_window: c.broker_replay_window,
             stream: c.broker_stream.clone(),
@@ -509,6 +580,13 @@ async fn run(ctx: Rc<Ctx>, mut stop: watch::Receiver<bool>, sink: Arc<Sink>) {
                 let _ = ev_tx.send(e);
             }
         });
+    let options = match &ctx.settings.credentials {
+        Some(Credentials::User(user, pass)) => {
+            options.user_and_password(user.clone(), pass.expose().to_owned())
+        }
+        Some(Credentials::Token(token)) => options.token(token.expose().to_owned()),
+        None => options,
+    };
     let urls: Vec<async_nats::ServerAddr> = match ctx
         .settings
         .urls
@@ -1028,6 +1106,23 @@ async fn deliver_one(ctx: &Ctx, subject: &str, body: &[u8], replaying: bool) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logins_travel_apart_from_the_addresses() {
+        assert_eq!(
+            split_credentials("nats://127.0.0.1:4222").unwrap(),
+            ("nats://127.0.0.1:4222".into(), None)
+        );
+        let (url, c) = split_credentials("nats://relay:p%40ss@nats.example:4222").unwrap();
+        assert_eq!(url, "nats://nats.example:4222");
+        assert_eq!(c, Some(Credentials::User("relay".into(), "p@ss".into())));
+        let (url, c) = split_credentials("tls://s3cret@nats.example:4222").unwrap();
+        assert_eq!(url, "tls://nats.example:4222");
+        assert_eq!(c, Some(Credentials::Token("s3cret".into())));
+        // Shown masked, in Debug as everywhere.
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(split_credentials("nats://").is_err());
+    }
 
     #[test]
     fn subjects_carry_any_group_and_come_back() {

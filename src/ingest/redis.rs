@@ -208,6 +208,9 @@ impl Ingest {
             } else {
                 self.routes.since(synced)
             };
+            // Whether this round reached Redis at all (nothing to register
+            // says nothing about whether it answers).
+            let mut talked = false;
             let result = {
                 let mut registered = registered.lock().await;
                 match changes {
@@ -230,6 +233,7 @@ impl Ingest {
                             .filter(|(g, held)| !**held && registered.contains(*g))
                             .map(|(g, _)| g)
                             .collect();
+                        talked = !(add.is_empty() && remove.is_empty());
                         let r = self.sync(&add, &remove).await;
                         if r.is_ok() {
                             for (g, held) in net {
@@ -253,6 +257,7 @@ impl Ingest {
                             .iter()
                             .filter(|g| !snap.groups.contains_key(*g))
                             .collect();
+                        talked = !(add.is_empty() && remove.is_empty());
                         let r = self.sync(&add, &remove).await;
                         if r.is_ok() {
                             *registered = snap.groups.keys().cloned().collect();
@@ -268,7 +273,9 @@ impl Ingest {
                         tracing::info!("redis is back; memberships re-registered");
                         down = false;
                     }
-                    self.metrics.redis_up.set(1);
+                    if talked {
+                        self.metrics.redis_up.set(1);
+                    }
                     backoff.reset();
                     add_all = false;
                     if refresh {
@@ -405,12 +412,13 @@ impl Ingest {
                             tracing::info!("redis drain reconnected");
                             down = false;
                         }
+                        // The drain asks at least once a second: Redis
+                        // answers.
+                        self.metrics.redis_up.set(1);
                         backoff.reset();
                         let mut members = blocking_pop_member(first);
                         members.extend(pairs(rest));
-                        if members.is_empty() {
-                            self.metrics.ingest_lag_redis.set(0.0);
-                        } else {
+                        if !members.is_empty() {
                             self.deliver_channels_redis(members).await;
                         }
                     }
@@ -525,11 +533,10 @@ impl Ingest {
                     let rereading = cursor != ">";
                     // An entry id is its arrival time: the first one's age
                     // is how far behind the producers this read is.
-                    let lag = entries
-                        .first()
-                        .and_then(|(id, _)| StreamId::parse(id))
-                        .map_or(0.0, |id| (now_secs() - id.ms as f64 / 1000.0).max(0.0));
-                    self.metrics.ingest_lag_stream.set(lag);
+                    if let Some(id) = entries.first().and_then(|(id, _)| StreamId::parse(id)) {
+                        let lag = (now_secs() - id.ms as f64 / 1000.0).max(0.0);
+                        self.metrics.ingest_lag_stream.set(lag);
+                    }
                     if rereading {
                         // Done with this node's pending entries: go on to new ones.
                         match entries.last() {
@@ -818,7 +825,9 @@ impl Ingest {
         let oldest = members
             .first()
             .map_or(0.0, |(_, score)| (now - score).max(0.0));
-        self.metrics.ingest_lag_redis.set(oldest);
+        if !members.is_empty() {
+            self.metrics.ingest_lag_redis.set(oldest);
+        }
         let mut events: Vec<(String, Bytes)> = Vec::with_capacity(members.len());
         for (member, score) in members {
             match decode(
