@@ -210,7 +210,7 @@ impl Ingest {
             };
             // Whether this round reached Redis at all (nothing to register
             // says nothing about whether it answers).
-            let mut talked = false;
+            let talked;
             let result = {
                 let mut registered = registered.lock().await;
                 match changes {
