@@ -164,7 +164,7 @@ function startTail(group) {
     }
     received += 1;
     const li = document.createElement("li");
-    li.textContent = m.data.length > 400 ? m.data.slice(0, 400) + "…" : m.data;
+    li.textContent = m.data.length > 2000 ? m.data.slice(0, 2000) + "…" : m.data;
     const list = $("tail-lines");
     list.prepend(li);
     while (list.childElementCount > 100) list.lastElementChild.remove();
