@@ -1572,6 +1572,46 @@ impl Settings {
 mod tests {
     use super::*;
 
+    /// `Debug` and `check-config`'s form show no secret, and the form is a
+    /// file that reads back to the same configuration.
+    #[test]
+    fn dumps_mask_secrets_and_the_display_form_reads_back() {
+        let c = Config {
+            jwt_secret: Some("jwt-s3cret-0123456789abcdef".into()),
+            emit_key: Some("emit-s3cret".into()),
+            backplane_secret: Some("bp-s3cret".into()),
+            admin_key: Some("admin-s3cret".into()),
+            redis: vec!["redis://:pw-s3cret@127.0.0.1:6379/".into()],
+            broker: vec!["nats://relay:pw-s3cret@127.0.0.1:4222".into()],
+            awx_database: Some("host=db user=awx password=pw-s3cret".into()),
+            auth_url: Some("https://u:pw-s3cret@awx.example/api/v2/me/".into()),
+            ..Config::default()
+        };
+        for dump in [format!("{c:?}"), c.to_toml()] {
+            assert!(!dump.contains("s3cret"), "{dump}");
+            assert!(dump.contains(MASK), "{dump}");
+        }
+        assert!(c.to_toml().contains("password=********"));
+        let plain = Config {
+            workers: 3,
+            admin_listen: None,
+            peers: vec!["ws://a:1".into(), "awx-2022+wss://b:443".into()],
+            access: vec![(
+                "inventory_update_events-".into(),
+                "/api/v2/inventory_updates/{id}/".into(),
+            )],
+            discover_peers: Some(Discovery::Postgres),
+            awx_database: Some("postgresql://awx@db/awx".into()),
+            slow_policy: SlowPolicy::DropOldest,
+            log_format: LogFormat::Json,
+            ping_interval: Duration::from_millis(1500),
+            ..Config::default()
+        };
+        let text = plain.to_toml();
+        let back: Settings = toml::from_str(&text).unwrap();
+        assert_eq!(back.into_config().to_toml(), text);
+    }
+
     #[test]
     fn flags_win_over_file_and_defaults_fill_the_rest() {
         let file: Settings = toml::from_str(

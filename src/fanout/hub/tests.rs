@@ -174,3 +174,38 @@ fn writer_wakeups() {
     );
     assert!(hub.poll_pending(id, &mut cx).is_ready());
 }
+
+/// The status page's tail: under a disconnecting node it drops its own
+/// oldest within its small bound instead of being closed, and what it
+/// misses is not a client's loss; the latency stamp travels to the write.
+#[test]
+fn an_observer_drops_its_oldest_and_its_losses_are_its_own() {
+    let mut hub = Hub::new(LIMITS, SlowPolicy::Disconnect);
+    let (client, tail) = (hub.insert(), hub.insert_observer());
+    let mut delta = RouteDelta::default();
+    hub.set_groups(client, set(&["g"]), &mut delta);
+    hub.set_groups(tail, set(&["g"]), &mut delta);
+    let f = frame::text_frame(b"{}");
+    let mut stats = DeliveryStats::default();
+    for _ in 0..(OBSERVER_LIMITS.max_frames + 10) {
+        hub.deliver_at("g", &f, 7, &mut stats, &mut delta);
+    }
+    // The client (64 frames) was closed as slow; the observer was not.
+    assert_eq!(stats.slow_disconnects, 1);
+    assert_eq!(stats.observer_dropped, 10);
+    assert!(hub.queue_mut(tail).len() <= OBSERVER_LIMITS.max_frames);
+    assert!(!hub.queue_mut(tail).is_closing());
+    // Its unsent frames are not counted as a client's when it goes.
+    assert_eq!(hub.remove(tail, &mut delta), 0);
+    // The stamp comes back from the write that carried the event.
+    let other = hub.insert();
+    hub.set_groups(other, set(&["h"]), &mut delta);
+    hub.deliver_at("h", &f, 42, &mut stats, &mut delta);
+    let q = hub.queue_mut(other);
+    let mut batch = Vec::new();
+    q.take_batch(&mut batch, 16);
+    let n = batch.iter().map(|b| b.len()).sum();
+    assert_eq!(q.settle(&mut batch, n), Some(42));
+    let depth = hub.queue_depth();
+    assert_eq!(depth.frames, hub.queue_mut(client).len());
+}
