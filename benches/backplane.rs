@@ -33,27 +33,34 @@ fn origin(i: usize) -> wire::Origin {
     })
 }
 
+/// The native batch of `version`: version 2 carries each event's origin
+/// (17 bytes more per event), version 1 none.
+fn native_batch(events: &[(String, String)], version: u8, scratch: BytesMut) -> bytes::Bytes {
+    let mut w = wire::EventsWriter::start_version(scratch, client::MAX_HEADER, 1, version);
+    for (i, (g, p)) in events.iter().enumerate() {
+        w.push(g, origin(i), p.as_bytes());
+    }
+    let (buf, _) = w.finish();
+    client::frame_in_place(buf, opcode::BINARY, KEY)
+}
+
 fn encode(c: &mut Criterion) {
     let events = events();
     let bytes: usize = events.iter().map(|(_, p)| p.len()).sum();
     let mut g = c.benchmark_group("backplane_encode");
     g.throughput(Throughput::Elements(BATCH as u64));
-    g.bench_function("native_batch_of_256", |b| {
-        let mut scratch = BytesMut::with_capacity(bytes + 8 * BATCH + 64);
-        b.iter(|| {
-            let mut w =
-                wire::EventsWriter::start(std::mem::take(&mut scratch), client::MAX_HEADER, 1);
-            for (i, (g, p)) in events.iter().enumerate() {
-                w.push(g, origin(i), p.as_bytes());
-            }
-            let (buf, _) = w.finish();
-            let framed = client::frame_in_place(buf, opcode::BINARY, KEY);
-            black_box(framed.len());
-            if let Ok(back) = framed.try_into_mut() {
-                scratch = back;
-            }
-        })
-    });
+    for (name, version) in [("native_batch_of_256", 2), ("native_v1_batch_of_256", 1)] {
+        g.bench_function(name, |b| {
+            let mut scratch = BytesMut::with_capacity(bytes + 32 * BATCH + 64);
+            b.iter(|| {
+                let framed = native_batch(&events, version, std::mem::take(&mut scratch));
+                black_box(framed.len());
+                if let Ok(back) = framed.try_into_mut() {
+                    scratch = back;
+                }
+            })
+        });
+    }
     g.bench_function("awx_json_frame_per_event", |b| {
         b.iter(|| {
             for (g, p) in &events {
@@ -67,12 +74,6 @@ fn encode(c: &mut Criterion) {
 
 fn decode(c: &mut Criterion) {
     let events = events();
-    let mut w = wire::EventsWriter::start(BytesMut::new(), client::MAX_HEADER, 1);
-    for (i, (g, p)) in events.iter().enumerate() {
-        w.push(g, origin(i), p.as_bytes());
-    }
-    let (buf, _) = w.finish();
-    let native = client::frame_in_place(buf, opcode::BINARY, KEY);
     let json: Vec<u8> = events
         .iter()
         .flat_map(|(g, p)| {
@@ -87,21 +88,27 @@ fn decode(c: &mut Criterion) {
         .collect();
     let mut g = c.benchmark_group("backplane_decode");
     g.throughput(Throughput::Elements(BATCH as u64));
-    g.bench_function("native_batch_of_256", |b| {
-        let mut dec = frame::Decoder::new(frame::Role::Server, 1 << 24);
-        b.iter(|| {
-            let mut wire_bytes = BytesMut::from(&native[..]);
-            let frame::Message::Binary(m) = dec.decode(&mut wire_bytes).unwrap().unwrap() else {
-                unreachable!()
-            };
-            let wire::PeerMessage::Events { events, .. } = wire::decode(&m).unwrap() else {
-                unreachable!()
-            };
-            for (g, o, p) in events {
-                black_box((g, o, p));
-            }
-        })
-    });
+    for (name, version) in [("native_batch_of_256", 2), ("native_v1_batch_of_256", 1)] {
+        let native = native_batch(&events, version, BytesMut::new());
+        g.bench_function(name, |b| {
+            let mut dec = frame::Decoder::new(frame::Role::Server, 1 << 24);
+            b.iter(|| {
+                let mut wire_bytes = BytesMut::from(&native[..]);
+                let frame::Message::Binary(m) = dec.decode(&mut wire_bytes).unwrap().unwrap()
+                else {
+                    unreachable!()
+                };
+                let wire::PeerMessage::Events { events, .. } =
+                    wire::decode_version(&m, version).unwrap()
+                else {
+                    unreachable!()
+                };
+                for (g, o, p) in events {
+                    black_box((g, o, p));
+                }
+            })
+        });
+    }
     g.bench_function("awx_json_frame_per_event", |b| {
         let mut dec = frame::Decoder::new(frame::Role::Server, 1 << 24);
         b.iter(|| {

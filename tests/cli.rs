@@ -196,3 +196,43 @@ async fn dev_insecure_says_so_loudly() {
     );
     child.kill().await.unwrap();
 }
+
+/// The demo starts quietly: its first line summarises the cluster's start
+/// and gives the first node's status page, then the live table; no
+/// warning or link line comes before them (RUST_LOG unset).
+#[tokio::test]
+async fn the_demo_starts_with_one_summary_line_and_its_status_address() {
+    let out = clean_command()
+        .args(["demo", "--duration", "2", "--rate", "2000", "--jobs", "4"])
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr, "", "nothing on stderr before or during the table");
+    let mut lines = stdout.lines();
+    let first = lines.next().unwrap();
+    assert!(
+        first.starts_with("wsrelay demo: 3 linked node(s) on 127.0.0.1:"),
+        "{first}"
+    );
+    let status = first
+        .split("watch it at ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no status address in {first}"));
+    assert!(
+        status.starts_with("http://127.0.0.1:") && status.ends_with("/status"),
+        "{status}"
+    );
+    let second = lines.next().unwrap();
+    assert!(
+        second.starts_with("t=   1s  in "),
+        "the live table next: {second}"
+    );
+    assert!(
+        stdout.contains("done: ") && stdout.contains("(0 lost,"),
+        "{stdout}"
+    );
+}
