@@ -34,26 +34,13 @@ pub(super) async fn run<S: Stream>(
 ) {
     let ctx = worker.ctx.clone();
     let m = &ctx.metrics;
-    let accept_key = match http::upgrade_accept_key(&head) {
-        Ok(k) => k,
-        Err(e) => {
-            m.refused(Refusal::BadUpgrade).inc();
-            let reply = http::error_response(400, &e.to_string(), false);
-            return conn::answer_and_close(stream, reply).await;
-        }
-    };
-    let Some(_slot) = super::Slot::acquire(&ctx.ws_connections, ctx.config.max_connections) else {
-        m.refused(Refusal::ConnectionLimit).inc();
-        let reply = http::error_response(503, "connection limit reached", false);
-        return conn::answer_and_close(stream, reply).await;
-    };
-    if stream
-        .write_all(http::switching_protocols(&accept_key))
-        .await
-        .is_err()
-    {
+    let Some(_slot) = upgrade(&ctx, stream, &head, |r| {
+        m.refused(r).inc();
+    })
+    .await
+    else {
         return;
-    }
+    };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -108,6 +95,37 @@ pub(super) async fn run<S: Stream>(
     session.drive(stream, buf).await;
 }
 
+/// Answers the upgrade: 400 for a bad one, 503 past `--max-connections`
+/// (each told to `refused`), else 101. `Some(slot)` (the connection's place
+/// under the limit) once the socket is a websocket.
+async fn upgrade<'c, S: Stream>(
+    ctx: &'c super::NodeContext,
+    stream: &S,
+    head: &RequestHead,
+    refused: impl Fn(Refusal),
+) -> Option<super::Slot<'c>> {
+    let accept_key = match http::upgrade_accept_key(head) {
+        Ok(k) => k,
+        Err(e) => {
+            refused(Refusal::BadUpgrade);
+            let reply = http::error_response(400, &e.to_string(), false);
+            conn::answer_and_close(stream, reply).await;
+            return None;
+        }
+    };
+    let Some(slot) = super::Slot::acquire(&ctx.ws_connections, ctx.config.max_connections) else {
+        refused(Refusal::ConnectionLimit);
+        let reply = http::error_response(503, "connection limit reached", false);
+        conn::answer_and_close(stream, reply).await;
+        return None;
+    };
+    stream
+        .write_all(http::switching_protocols(&accept_key))
+        .await
+        .ok()
+        .map(|_| slot)
+}
+
 /// Conformance testing (`Config::test_echo`): the session machinery with
 /// every message echoed back, unauthenticated, so the Autobahn cases
 /// exercise the decoder, control frames, closes and UTF-8 checks that
@@ -154,25 +172,11 @@ pub(super) async fn tail<S: Stream>(
         );
         return conn::answer_and_close(stream, reply).await;
     }
-    let accept_key = match http::upgrade_accept_key(&head) {
-        Ok(k) => k,
-        Err(e) => {
-            let reply = http::error_response(400, &e.to_string(), false);
-            return conn::answer_and_close(stream, reply).await;
-        }
-    };
-    // Counted against the connection limit like any websocket.
-    let Some(_slot) = super::Slot::acquire(&ctx.ws_connections, ctx.config.max_connections) else {
-        let reply = http::error_response(503, "connection limit reached", false);
-        return conn::answer_and_close(stream, reply).await;
-    };
-    if stream
-        .write_all(http::switching_protocols(&accept_key))
-        .await
-        .is_err()
-    {
+    // Counted against the connection limit like any websocket (but not
+    // among the clients refused).
+    let Some(_slot) = upgrade(&ctx, stream, &head, |_| {}).await else {
         return;
-    }
+    };
     let id = worker.hub.borrow_mut().insert_observer();
     let _member = Member {
         worker: &worker,
