@@ -135,9 +135,22 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<Summary> {
         linked(&nodes).await?;
         storm(&nodes, opts, secret.as_bytes()).await
     });
-    // Unlink first, so no node sees its peers vanish and redials them.
+    // Unlink first, so no node sees its peers vanish and redials them:
+    // every outbound link is down before any node stops (bounded).
     for n in &nodes {
         n.set_peers(Vec::new());
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline
+        && nodes.iter().any(|n| {
+            n.metrics().render().lines().any(|l| {
+                l.starts_with("wsrelay_backplane_link_up{")
+                    && l.contains("direction=\"out\"")
+                    && l.ends_with(" 1")
+            })
+        })
+    {
+        std::thread::sleep(Duration::from_millis(10));
     }
     for n in nodes {
         n.shutdown();

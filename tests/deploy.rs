@@ -171,13 +171,18 @@ fn supervisord_starts_serves_and_stops_the_program_block() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let wait_for = |want: &str| {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Generous: a cold machine starts Python and the node slowly.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let status = ctl(&["status", "wsrelay"]);
             if status.contains(want) {
                 return;
             }
-            assert!(Instant::now() < deadline, "wsrelay never {want}: {status}");
+            assert!(
+                Instant::now() < deadline,
+                "wsrelay never {want}: {status}\n{}",
+                std::fs::read_to_string(dir.0.join("supervisord.log")).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     };

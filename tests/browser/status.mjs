@@ -59,7 +59,7 @@ try {
       return t !== "–" && t !== "0";
     },
     null,
-    { timeout: 20000 }
+    { timeout: 60000 }
   );
   out.node = (await page.textContent("#node")).trim();
   out.facts = (await page.textContent("#facts")).trim();
@@ -77,10 +77,10 @@ try {
   await page.waitForFunction(
     (g) => document.querySelector("#tail-state").textContent === "following " + g,
     group,
-    { timeout: 20000 }
+    { timeout: 60000 }
   );
   await page.waitForFunction(() => document.querySelectorAll("#tail-lines li").length >= 5, null, {
-    timeout: 20000,
+    timeout: 60000,
   });
   const firstLine = await page.textContent("#tail-lines li:first-child");
   await page.waitForTimeout(1500);
