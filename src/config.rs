@@ -110,6 +110,9 @@ impl Secret {
     }
 }
 
+/// Largest secret file read (`*_file`), bytes.
+pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+
 /// What a configuration dump shows in place of a secret.
 pub const MASK: &str = "********";
 
@@ -1317,6 +1320,15 @@ impl Settings {
                 path: path.clone(),
                 why,
             };
+            // A secret is a line, not a file's worth: bounded before reading.
+            let len = std::fs::metadata(&path)
+                .map_err(|e| bad(e.to_string()))?
+                .len();
+            if len > MAX_SECRET_FILE {
+                return Err(bad(format!(
+                    "{len} bytes: a secret file holds one line, at most {MAX_SECRET_FILE} bytes"
+                )));
+            }
             let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
             let secret = text.strip_suffix('\n').unwrap_or(&text);
             let secret = secret.strip_suffix('\r').unwrap_or(secret);

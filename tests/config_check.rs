@@ -66,6 +66,7 @@ async fn check_config_accepts_good_files_and_names_the_problem_in_bad_ones() {
     let jwt = secret_file(&d, "jwt", &format!("{JWT}\n"), 0o600);
     let short = secret_file(&d, "short", "abc\n", 0o600);
     let empty = secret_file(&d, "empty", "\n", 0o600);
+    let huge = secret_file(&d, "huge", &"x".repeat(70_000), 0o600);
     let j = jwt.display();
     let missing = d.join("nope");
     let m = missing.display();
@@ -95,6 +96,14 @@ async fn check_config_accepts_good_files_and_names_the_problem_in_bad_ones() {
             format!("jwt_secret_file = \"{}\"\n", empty.display()),
             2,
             format!("wsrelay: --jwt-secret-file {}: the file is empty", empty.display()),
+        ),
+        (
+            format!("jwt_secret_file = \"{}\"\n", huge.display()),
+            2,
+            format!(
+                "wsrelay: --jwt-secret-file {}: 70000 bytes: a secret file holds one line, at most 65536 bytes",
+                huge.display()
+            ),
         ),
         (
             format!("jwt_secret_file = \"{m}\"\n"),
