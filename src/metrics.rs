@@ -175,9 +175,15 @@ pub struct BrokerMetrics {
     /// Owed events dropped from a full buffer, or refused as too big.
     pub lost: Counter,
     pub reconnects: Counter,
-    /// Resumes after a lost connection: replayed from the stream.
+    /// Resumes after a lost connection or a restart: replayed from the
+    /// stream.
     pub resumes: Counter,
     pub replayed: Counter,
+    /// Resumes that could not reach back to their start (the stream had
+    /// dropped older messages): events in between may be lost here.
+    pub resume_truncated: Counter,
+    /// Resume points saved for a restart.
+    pub resume_points_saved: Counter,
     /// Native links found to join two nodes that share the broker (they
     /// carry no events).
     pub redundant_links: Counter,
@@ -255,7 +261,17 @@ impl BrokerMetrics {
             resumes: c(
                 registry,
                 "broker_resumes",
-                "Resumes after a lost connection, replayed from the broker's stream",
+                "Resumes after a lost connection or a restart, replayed from the broker's stream",
+            ),
+            resume_truncated: c(
+                registry,
+                "broker_resume_truncated",
+                "Resumes whose start the stream no longer held (older than its window or past its size): events in between may be lost here",
+            ),
+            resume_points_saved: c(
+                registry,
+                "broker_resume_points_saved",
+                "Resume points saved to the broker's bucket, where a restarted node picks up",
             ),
             replayed: c(
                 registry,

@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
 use super::outbox::{Interest, Pending, Sink, SinkLimits};
-use super::{interest::LocalInterest, is_node_name, wire, Backplane};
+use super::{interest::LocalInterest, is_node_name, resume, wire, Backplane};
 use crate::config::{Config, ConfigError};
 use crate::fanout::{Router, Routes};
 use crate::metrics::BrokerMetrics;
@@ -50,6 +50,11 @@ const REPLAY_MARGIN: Duration = Duration::from_secs(5);
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// Checkpoints kept (at one a second: the margin and then some).
 const CHECKPOINTS: usize = 64;
+/// How often a resume point is saved while something changed.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// How often it is saved when nothing did (its age tells a restarted node
+/// whether it is still of use).
+const SAVE_ANYWAY: Duration = Duration::from_secs(10);
 /// Messages waiting between the subscriptions and the delivery loop.
 const INBOX: usize = 4096;
 /// Messages the client buffers per subscription before the delivery loop
@@ -80,6 +85,10 @@ pub struct BrokerSettings {
     pub connect_timeout: Duration,
     pub ack_timeout: Duration,
     pub max_group_name: usize,
+    /// After a restart, how long the node waits for its clients to
+    /// subscribe again before it replays what they missed
+    /// (`--backlog-hold-ms`).
+    pub resume_hold: Duration,
 }
 
 /// A NATS login taken from the URLs' user part: `user:password@`, or a
@@ -190,6 +199,7 @@ impl BrokerSettings {
             connect_timeout: c.peer_connect_timeout,
             ack_timeout: c.subscribe_ack_timeout.max(Duration::from_secs(5)),
             max_group_name: c.max_group_name,
+            resume_hold: c.backlog_hold,
         }))
     }
 }
@@ -406,6 +416,8 @@ pub fn messages(
 #[derive(Default)]
 pub struct Seen {
     groups: HashMap<Arc<str>, GroupSeen>,
+    /// Bumped by every admitted event: whether a resume point is stale.
+    changes: u64,
 }
 
 #[derive(Default)]
@@ -443,6 +455,7 @@ impl Seen {
                 runs.push_back((node.to_owned(), incarnation, seq));
             }
         }
+        self.changes += 1;
         let Some(id) = origin.id() else {
             return true;
         };
@@ -468,7 +481,60 @@ impl Seen {
 
     /// The group is no longer held here: what was seen of it goes.
     pub fn forget(&mut self, group: &str) {
-        self.groups.remove(group);
+        if self.groups.remove(group).is_some() {
+            self.changes += 1;
+        }
+    }
+
+    /// Keeps only the groups `held` says yes to.
+    pub fn retain(&mut self, mut held: impl FnMut(&str) -> bool) {
+        let before = self.groups.len();
+        self.groups.retain(|g, _| held(g));
+        if self.groups.len() != before {
+            self.changes += 1;
+        }
+    }
+
+    /// How many changes so far (compare two readings).
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// What was delivered of each of `groups` (empty marks for a group
+    /// nothing was delivered of yet), for a resume point.
+    pub fn marks<'a>(&self, groups: impl Iterator<Item = &'a str>) -> Vec<resume::GroupMarks> {
+        groups
+            .map(|g| match self.groups.get(g) {
+                Some(s) => resume::GroupMarks {
+                    group: g.to_owned(),
+                    runs: s.runs.iter().cloned().collect(),
+                    stream: s.stream.iter().cloned().collect(),
+                },
+                None => resume::GroupMarks {
+                    group: g.to_owned(),
+                    ..Default::default()
+                },
+            })
+            .collect()
+    }
+
+    /// Takes the marks a previous run of this node saved (bounded as
+    /// `admit` bounds them).
+    pub fn restore(&mut self, marks: Vec<resume::GroupMarks>) {
+        fn newest<T>(v: Vec<T>) -> VecDeque<T> {
+            let skip = v.len().saturating_sub(RUNS_PER_GROUP);
+            v.into_iter().skip(skip).collect()
+        }
+        for m in marks {
+            self.groups.insert(
+                Arc::from(m.group),
+                GroupSeen {
+                    runs: newest(m.runs),
+                    stream: newest(m.stream),
+                },
+            );
+        }
+        self.changes += 1;
     }
 }
 
@@ -505,6 +571,7 @@ impl Broker {
                         routes,
                         settings,
                         seen: RefCell::new(Seen::default()),
+                        floor: std::cell::Cell::new(None),
                     });
                     run(ctx, stop_rx, sink).await;
                 });
@@ -538,6 +605,10 @@ struct Ctx {
     seen: RefCell<Seen>,
     /// The backplane secret, which signs every message.
     secret: String,
+    /// The stream sequence of the point this run resumed from: where a
+    /// replay would start while this run is too young for a checkpoint of
+    /// its own to be safe.
+    floor: std::cell::Cell<Option<u64>>,
 }
 
 /// What reaches the delivery loop, in the order it happened.
@@ -643,6 +714,12 @@ async fn run(ctx: Rc<Ctx>, mut stop: watch::Receiver<bool>, sink: Arc<Sink>) {
     let stream = Rc::new(RefCell::new(None::<jetstream::stream::Stream>));
     let js = jetstream::new(client.clone());
     let checkpoints = Rc::new(RefCell::new(VecDeque::<(Instant, u64)>::new()));
+    let bucket = Rc::new(RefCell::new(None::<jetstream::stream::Stream>));
+    // What the previous run of this node left (once JetStream is known to
+    // be there or not); the delivery loop acts on it before anything else.
+    let (decided, decision) = tokio::sync::oneshot::channel::<Option<resume::ResumePoint>>();
+    // Points are saved only once the previous one was acted on.
+    let (saving_tx, saving) = watch::channel(false);
     tracing::info!(brokers = ?ctx.settings.urls, prefix = %ctx.settings.prefix, "broker backplane starting");
 
     let setup = {
@@ -650,6 +727,8 @@ async fn run(ctx: Rc<Ctx>, mut stop: watch::Receiver<bool>, sink: Arc<Sink>) {
         let js = js.clone();
         let stream = stream.clone();
         let checkpoints = checkpoints.clone();
+        let bucket = bucket.clone();
+        let mut decided = Some(decided);
         let mut connected = connected.clone();
         async move {
             if ctx.settings.replay_window.is_zero() {
@@ -671,8 +750,24 @@ async fn run(ctx: Rc<Ctx>, mut stop: watch::Receiver<bool>, sink: Arc<Sink>) {
                         Err(e) => {
                             ctx.m.jetstream.set(0);
                             tracing::warn!(error = %e, "broker: no JetStream stream; resumes are off until it can be made");
+                            // No point to resume from: the node starts fresh.
+                            decided.take();
                             tokio::time::sleep(Duration::from_secs(5)).await;
                             continue;
+                        }
+                    }
+                }
+                if bucket.borrow().is_none() {
+                    match open_bucket(&js, &ctx.settings).await {
+                        Ok(b) => {
+                            if let Some(tx) = decided.take() {
+                                let _ = tx.send(read_point(&ctx, &b).await);
+                            }
+                            *bucket.borrow_mut() = Some(b);
+                        }
+                        Err(e) => {
+                            decided.take();
+                            tracing::warn!(error = %e, "broker: no resume bucket; a restarted node starts fresh until it can be made");
                         }
                     }
                 }
@@ -726,14 +821,34 @@ async fn run(ctx: Rc<Ctx>, mut stop: watch::Receiver<bool>, sink: Arc<Sink>) {
             ctx.clone(),
             client.clone(),
             stream.clone(),
-            checkpoints,
+            checkpoints.clone(),
             rx,
+            decision,
+            saving_tx,
+        ))
+        .abort_handle(),
+        tokio::task::spawn_local(keep_point(
+            ctx.clone(),
+            client.clone(),
+            js.clone(),
+            bucket.clone(),
+            checkpoints.clone(),
+            saving.clone(),
         ))
         .abort_handle(),
     ];
     let _ = stop.wait_for(|s| *s).await;
     for t in tasks {
         t.abort();
+    }
+    // Nothing more is delivered: the point saved now is exact, so a
+    // restart repeats nothing (bounded: a broker away is not waited for).
+    if bucket.borrow().is_some() && *saving.borrow() {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            save_point(&ctx, &js, &checkpoints, &client),
+        )
+        .await;
     }
     // What was published is flushed before the thread ends (bounded).
     let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
@@ -935,7 +1050,15 @@ async fn deliver(
     stream: Rc<RefCell<Option<jetstream::stream::Stream>>>,
     checkpoints: Rc<RefCell<VecDeque<(Instant, u64)>>>,
     mut rx: mpsc::Receiver<Incoming>,
+    decision: tokio::sync::oneshot::Receiver<Option<resume::ResumePoint>>,
+    saving: watch::Sender<bool>,
 ) {
+    // A restarted node first picks up where its previous run left off;
+    // live messages wait in the channel meanwhile.
+    if let Ok(Some(point)) = decision.await {
+        resume_after_restart(&ctx, &client, &stream, point).await;
+    }
+    let _ = saving.send(true);
     let mut lost_at: Option<Instant> = None;
     while let Some(incoming) = rx.recv().await {
         match incoming {
@@ -967,7 +1090,7 @@ async fn deliver(
                         .map(|(_, seq)| seq + 1)
                 };
                 let Some(start) = start else { continue };
-                match replay(&ctx, &client, &s, start).await {
+                match replay(&ctx, &client, &s, start, None).await {
                     Ok(n) => {
                         ctx.m.resumes.inc();
                         tracing::info!(
@@ -986,19 +1109,31 @@ async fn deliver(
 }
 
 /// Reads the stream from `start` to its end as of now, delivering what
-/// the live subscriptions missed.
+/// the live subscriptions missed, for the groups held here (and in `only`,
+/// when given).
 async fn replay(
     ctx: &Ctx,
     client: &Client,
     stream: &jetstream::stream::Stream,
     start: u64,
+    only: Option<&std::collections::HashSet<String>>,
 ) -> Result<u64, async_nats::Error> {
-    let end = tokio::time::timeout(ctx.settings.ack_timeout, stream.get_info())
+    let state = tokio::time::timeout(ctx.settings.ack_timeout, stream.get_info())
         .await??
-        .state
-        .last_sequence;
+        .state;
+    let end = state.last_sequence;
     if end < start {
         return Ok(0);
+    }
+    if state.first_sequence > start {
+        // The stream dropped messages the replay needed (older than its
+        // window, or past its size): what they carried is lost here.
+        ctx.m.resume_truncated.inc();
+        tracing::warn!(
+            from = start,
+            first = state.first_sequence,
+            "broker: the stream no longer reaches back to this resume's start; events published in between may be lost here"
+        );
     }
     let consumer = stream
         .create_consumer(jetstream::consumer::push::OrderedConfig {
@@ -1019,13 +1154,8 @@ async fn replay(
             let m = m?;
             let seq = m.info().map(|i| i.stream_sequence).unwrap_or(end);
             // Only groups held here now: what the live path would carry.
-            let held = group_of(&ctx.settings.prefix, &m.subject).is_some_and(|g| {
-                ctx.routes
-                    .load()
-                    .groups
-                    .get(g.as_str())
-                    .is_some_and(|w| crate::fanout::RouteTable::local_mask(*w) != 0)
-            });
+            let held = group_of(&ctx.settings.prefix, &m.subject)
+                .is_some_and(|g| held_here(ctx, &g) && only.is_none_or(|o| o.contains(&g)));
             if held {
                 replayed += deliver_one(ctx, &m.subject, &m.payload, true)
                     .await
@@ -1039,6 +1169,217 @@ async fn replay(
     };
     tokio::time::timeout(limit, read).await??;
     Ok(replayed)
+}
+
+fn held_here(ctx: &Ctx, group: &str) -> bool {
+    ctx.routes
+        .load()
+        .groups
+        .get(group)
+        .is_some_and(|w| crate::fanout::RouteTable::local_mask(*w) != 0)
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Opens (or makes) the stream that keeps each node's resume point (one
+/// message per node: the latest), next to the events' stream and with its
+/// window, so a point older than that expires. A plain stream rather than
+/// a key-value bucket: it asks nothing of the server that the events'
+/// stream does not.
+async fn open_bucket(
+    js: &jetstream::Context,
+    s: &BrokerSettings,
+) -> Result<jetstream::stream::Stream, async_nats::Error> {
+    let config = jetstream::stream::Config {
+        name: resume::bucket(&s.stream),
+        description: Some("wsrelay: where each node resumes after a restart".into()),
+        subjects: vec![format!("{}.resume.>", s.prefix)],
+        max_messages_per_subject: 1,
+        max_age: s.replay_window,
+        storage: jetstream::stream::StorageType::File,
+        discard: jetstream::stream::DiscardPolicy::Old,
+        ..Default::default()
+    };
+    Ok(tokio::time::timeout(s.ack_timeout, js.get_or_create_stream(config)).await??)
+}
+
+/// The subject this node's point is saved on (and signed for, so that a
+/// point cannot be moved to another node).
+fn point_subject(s: &BrokerSettings, node: &str) -> String {
+    format!("{}.resume.{}", s.prefix, resume::key(node))
+}
+
+/// This node's point as its previous run saved it, if any and readable.
+async fn read_point(ctx: &Ctx, bucket: &jetstream::stream::Stream) -> Option<resume::ResumePoint> {
+    let s = &ctx.settings;
+    let node = &ctx.bp.node_id;
+    let subject = point_subject(s, node);
+    let got = tokio::time::timeout(
+        s.ack_timeout,
+        bucket.get_last_raw_message_by_subject(&subject),
+    )
+    .await;
+    let raw = match got {
+        Ok(Ok(m)) => m.payload,
+        Ok(Err(e)) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+            return None
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "broker: this node's resume point could not be read; starting fresh");
+            return None;
+        }
+        Err(_) => {
+            tracing::warn!("broker: this node's resume point was not read in time; starting fresh");
+            return None;
+        }
+    };
+    let Some(body) = open(ctx.secret.as_bytes(), &subject, &raw) else {
+        ctx.m.skipped("bad_signature");
+        tracing::warn!("broker: this node's resume point is not signed with the backplane secret; ignored, starting fresh");
+        return None;
+    };
+    match resume::ResumePoint::decode(body, s.max_group_name) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            ctx.m.skipped("malformed");
+            tracing::warn!(error = %e, "broker: this node's resume point is unreadable; ignored, starting fresh");
+            None
+        }
+    }
+}
+
+/// Saves where this node stands: the stream sequence a replay would start
+/// after (the checkpoint taken at least the margin ago: what the live
+/// subscriptions had not handed over yet is stored after it) and what was
+/// delivered of each group held here. Whether it was saved.
+async fn save_point(
+    ctx: &Ctx,
+    js: &jetstream::Context,
+    checkpoints: &RefCell<VecDeque<(Instant, u64)>>,
+    client: &Client,
+) -> bool {
+    let seq = {
+        let c = checkpoints.borrow();
+        let old = Instant::now()
+            .checked_sub(REPLAY_MARGIN)
+            .and_then(|before| c.iter().rev().find(|(t, _)| *t <= before))
+            .map(|(_, seq)| *seq);
+        let front = c.front().map(|(_, seq)| *seq);
+        match (old, ctx.floor.get(), front) {
+            (Some(seq), _, _) => seq,
+            (None, Some(floor), front) => front.map_or(floor, |f| f.min(floor)),
+            (None, None, Some(front)) => front,
+            // Nothing to stand on yet.
+            (None, None, None) => return false,
+        }
+    };
+    let routes = ctx.routes.load();
+    let point = resume::ResumePoint {
+        saved_at_ms: unix_ms(),
+        stream_seq: seq,
+        groups: ctx.seen.borrow().marks(routes.local_groups().map(|g| &**g)),
+    };
+    let budget = client.server_info().max_payload.max(64 * 1024) - MESSAGE_OVERHEAD;
+    let (body, left_out) = point.encode(budget);
+    if left_out > 0 {
+        tracing::warn!(
+            left_out,
+            budget,
+            "broker: the resume point is larger than the broker's largest message; groups left out start fresh after a restart"
+        );
+    }
+    let subject = point_subject(&ctx.settings, &ctx.bp.node_id);
+    let sealed = seal(ctx.secret.as_bytes(), &subject, &body);
+    let put = async { js.publish(subject, sealed).await?.await };
+    match tokio::time::timeout(ctx.settings.ack_timeout, put).await {
+        Ok(Ok(_)) => {
+            ctx.m.resume_points_saved.inc();
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "broker: resume point not saved");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// Saves this node's resume point once a second while what it delivered
+/// or holds changed, and every `SAVE_ANYWAY` regardless.
+async fn keep_point(
+    ctx: Rc<Ctx>,
+    client: Client,
+    js: jetstream::Context,
+    bucket: Rc<RefCell<Option<jetstream::stream::Stream>>>,
+    checkpoints: Rc<RefCell<VecDeque<(Instant, u64)>>>,
+    mut saving: watch::Receiver<bool>,
+) {
+    if saving.wait_for(|s| *s).await.is_err() {
+        return;
+    }
+    let mut saved: Option<((u64, u64), Instant)> = None;
+    loop {
+        tokio::time::sleep(SAVE_EVERY).await;
+        let now = (ctx.seen.borrow().changes(), ctx.routes.load().epoch);
+        let due = saved.is_none_or(|(then, at)| then != now || at.elapsed() >= SAVE_ANYWAY);
+        let ready = bucket.borrow().is_some();
+        if due && ready && save_point(&ctx, &js, &checkpoints, &client).await {
+            saved = Some((now, Instant::now()));
+        }
+    }
+}
+
+/// A restarted node's first act: it takes the marks its previous run
+/// saved, waits for its clients to subscribe again, then replays the
+/// stream from the point for the groups held then and now. The marks drop
+/// what the previous run delivered; the rest is what the clients missed.
+async fn resume_after_restart(
+    ctx: &Ctx,
+    client: &Client,
+    stream: &Rc<RefCell<Option<jetstream::stream::Stream>>>,
+    point: resume::ResumePoint,
+) {
+    let age = Duration::from_millis(unix_ms().saturating_sub(point.saved_at_ms));
+    if age > ctx.settings.replay_window {
+        tracing::warn!(
+            age_s = age.as_secs(),
+            "broker: this node's resume point is older than the replay window; starting fresh"
+        );
+        return;
+    }
+    let groups: std::collections::HashSet<String> =
+        point.groups.iter().map(|g| g.group.clone()).collect();
+    ctx.seen.borrow_mut().restore(point.groups);
+    ctx.floor.set(Some(point.stream_seq));
+    tracing::info!(
+        groups = groups.len(),
+        hold_ms = ctx.settings.resume_hold.as_millis() as u64,
+        "broker: resuming after a restart; waiting for clients to subscribe again"
+    );
+    tokio::time::sleep(ctx.settings.resume_hold).await;
+    let s = stream.borrow().clone();
+    if let Some(s) = s {
+        let start = point.stream_seq + 1;
+        match replay(ctx, client, &s, start, Some(&groups)).await {
+            Ok(n) => {
+                ctx.m.resumes.inc();
+                tracing::info!(
+                    from = start,
+                    replayed = n,
+                    "broker: resumed this node's groups after a restart"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "broker resume after a restart failed; events published while this node was down may be lost here")
+            }
+        }
+    }
+    // Marks of groups no client took up again go.
+    ctx.seen.borrow_mut().retain(|g| held_here(ctx, g));
 }
 
 /// Checks one message and delivers its new events here. Returns how many

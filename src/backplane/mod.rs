@@ -17,6 +17,7 @@ pub mod interest;
 pub mod link;
 pub mod outbox;
 pub mod peer;
+pub mod resume;
 pub mod secret;
 pub mod stats;
 pub mod wire;
