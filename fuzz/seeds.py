@@ -51,6 +51,10 @@ put('peer_wire','events',events(1,[('job_events-1',b'{"counter": 1}'),('jobs-x',
 put('peer_wire','interest',bytes([0x82])+struct.pack('>Q',5)+bytes([1])+struct.pack('>I',2)+s16('a')+s16('b')+struct.pack('>I',0))
 put('peer_wire','welcome',bytes([0x81])+s16('n')+struct.pack('>Q',9)+bytes([1])+struct.pack('>Q',100))
 put('peer_wire','ack',bytes([0x83])+struct.pack('>Q',3))
+def s8(x): x=x.encode(); return bytes([len(x)])+x
+put('peer_wire','resume_point',b'wsrp'+bytes([1])+struct.pack('>QQ',1700000000000,42)+struct.pack('>H',2)+s8('a')+s8('b.x')
+    +struct.pack('>I',1)+s16('job_events-1')+struct.pack('>H',2)+struct.pack('>HQQ',0,7,500)+struct.pack('>HQQ',1,9,3)
+    +struct.pack('>H',1)+struct.pack('>HQQ',0,5,1))
 put('peer_wire','interest_ack',bytes([0x03])+struct.pack('>Q',3))
 put('awx_json','y2020','{"group": "jobs-status_changed", "message": "{\\"status\\": \\"running\\"}"}')
 put('awx_json','y2022','{"group": "job_events-1", "message": {"type": "internal.message", "text": "{\\"counter\\": 1}"}}')

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 
 use crate::auth::policy::Policy;
 use crate::auth::{Identity, Jwt};
-use crate::backplane::{awx, handshake, heartbeat, secret, wire};
+use crate::backplane::{awx, handshake, heartbeat, resume, secret, wire};
 use crate::protocol::client::{self, GroupLimits, Session};
 use crate::protocol::frame::{Decoder, Message, Role};
 use crate::protocol::{emit, http};
@@ -119,10 +119,16 @@ pub fn emit_body(data: &[u8]) {
     }
 }
 
-/// A native peer message (as either version reads it), or a broker
-/// message (the same bytes tried as all three); what decodes re-encodes to
+/// A native peer message (as either version reads it), a broker message
+/// or a resume point (the same bytes tried as all four); what decodes re-encodes to
 /// the same meaning.
 pub fn peer_wire(data: &[u8]) {
+    // A restarted node's resume point, read back from the broker.
+    if let Ok(p) = resume::ResumePoint::decode(data, 1024) {
+        let (again, left_out) = p.encode(usize::MAX);
+        assert_eq!(left_out, 0);
+        assert_eq!(resume::ResumePoint::decode(&again, 1024), Ok(p));
+    }
     if let Ok(b) = wire::decode_broker(data) {
         assert!(!b.group.is_empty());
         let mut w = wire::BrokerWriter::start(b.node, b.incarnation, b.group);
