@@ -4,7 +4,9 @@
 //! nodes with AWX's form (one JSON frame per event) instead of the native
 //! batched protocol, for comparison in one session. `--backplane nats`
 //! joins the nodes through a private nats-server (JetStream on) instead of
-//! the mesh; its CPU counts in the cluster's.
+//! the mesh; its CPU counts in the cluster's. `--broker-restart-at N`
+//! kills the broker N seconds into the measured window and starts it again
+//! with its store: the report then shows the loss and the nodes' resumes.
 
 use crate::storm::{run_scenario, ClusterSpec, RunOptions, Shape};
 
@@ -31,6 +33,13 @@ pub struct Options {
     /// How the nodes are joined: a full mesh of links, or a NATS broker
     #[arg(long, default_value = "mesh", value_parser = ["mesh", "nats"])]
     pub backplane: String,
+    /// `--backplane nats`: SIGKILL the broker this many seconds into the
+    /// measured window and start it again with its store (0: never)
+    #[arg(long, default_value_t = 0)]
+    pub broker_restart_at: u64,
+    /// How long the broker stays down when restarted
+    #[arg(long, default_value_t = 500)]
+    pub broker_down_ms: u64,
     #[command(flatten)]
     pub run: RunOptions,
 }
@@ -47,6 +56,14 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         nodes: opts.nodes,
         protocol: opts.peer_protocol.clone(),
         backplane: opts.backplane.clone(),
+        broker_restart_at: opts.broker_restart_at,
+        broker_down_ms: opts.broker_down_ms,
     });
+    if opts.broker_restart_at > 0 && opts.backplane != "nats" {
+        anyhow::bail!("--broker-restart-at needs --backplane nats");
+    }
+    if opts.broker_restart_at > opts.run.duration {
+        anyhow::bail!("--broker-restart-at must fall within --duration");
+    }
     run_scenario("cluster", shape, &run, 20_000)
 }

@@ -52,7 +52,11 @@ pub async fn start(io: &str, workers: usize, extra: &[&str]) -> anyhow::Result<N
         // Several nodes run on one machine: none takes the admin port.
         .args(["--admin-listen", "off"])
         .args(extra)
-        .env("RUST_LOG", "warn,wsrelay::server=info")
+        .env(
+            "RUST_LOG",
+            std::env::var("LOADTEST_NODE_LOG")
+                .unwrap_or_else(|_| "warn,wsrelay::server=info".into()),
+        )
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -69,7 +73,16 @@ pub async fn start(io: &str, workers: usize, extra: &[&str]) -> anyhow::Result<N
     })
     .await
     .context("waiting for wsrelay to listen")??;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // `LOADTEST_NODE_STDERR=1` passes the nodes' log lines on (after the
+    // address line), each with its node's address in front.
+    let echo = std::env::var_os("LOADTEST_NODE_STDERR").is_some();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if echo {
+                eprintln!("[{addr}] {line}");
+            }
+        }
+    });
     Ok(NodeProcess {
         _child: child,
         addr,
@@ -81,15 +94,45 @@ pub async fn start(io: &str, workers: usize, extra: &[&str]) -> anyhow::Result<N
 pub const BACKPLANE_SECRET: &str = "loadtest-backplane-secret";
 
 /// A private `nats-server` with JetStream (store in a temporary folder) on
-/// a free loopback port, killed on drop.
-pub async fn start_nats() -> anyhow::Result<NodeProcess> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let store = std::env::temp_dir().join(format!("loadtest-nats-{}-{port}", std::process::id()));
+/// a free loopback port, killed on drop; restartable in place with its
+/// store.
+pub struct NatsServer {
+    pub process: NodeProcess,
+    store: PathBuf,
+}
+
+impl NatsServer {
+    pub async fn start() -> anyhow::Result<NatsServer> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let store =
+            std::env::temp_dir().join(format!("loadtest-nats-{}-{port}", std::process::id()));
+        let process = spawn_nats(port, &store).await?;
+        Ok(NatsServer { process, store })
+    }
+
+    /// SIGKILL (nothing flushed on its way out), `down` without a broker,
+    /// then the server again on its port with its store.
+    pub async fn restart(&mut self, down: Duration) -> anyhow::Result<()> {
+        let _ = self.process._child.kill().await;
+        tokio::time::sleep(down).await;
+        self.process = spawn_nats(self.process.addr.port(), &self.store).await?;
+        Ok(())
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.process._child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+async fn spawn_nats(port: u16, store: &std::path::Path) -> anyhow::Result<NodeProcess> {
     let child = Command::new("nats-server")
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(&store)
+        .arg(store)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -123,7 +166,7 @@ pub async fn start_cluster(
     protocol: &str,
     backplane: &str,
     extra: &[&str],
-) -> anyhow::Result<(NodeProcess, Vec<NodeProcess>, Option<NodeProcess>)> {
+) -> anyhow::Result<(NodeProcess, Vec<NodeProcess>, Option<NatsServer>)> {
     if n < 2 {
         bail!("a cluster needs at least 2 nodes");
     }
@@ -140,7 +183,7 @@ pub async fn start_cluster(
         "awx-2022+"
     };
     let nats = if backplane == "nats" {
-        Some(start_nats().await?)
+        Some(NatsServer::start().await?)
     } else {
         None
     };
@@ -158,7 +201,7 @@ pub async fn start_cluster(
         ];
         if let Some(nats) = &nats {
             args.push("--broker".into());
-            args.push(format!("nats://{}", nats.addr));
+            args.push(format!("nats://{}", nats.process.addr));
         } else {
             for (j, p) in ports.iter().enumerate() {
                 if j != i {
@@ -208,7 +251,7 @@ pub async fn start_cluster(
 }
 
 /// Counters that say where a run lost events: report key, metric prefix.
-pub const LOSS_COUNTERS: [(&str, &str); 4] = [
+pub const LOSS_COUNTERS: [(&str, &str); 6] = [
     (
         "slow_consumer_closes",
         "wsrelay_server_closes_total{reason=\"slow_consumer\"}",
@@ -219,6 +262,20 @@ pub const LOSS_COUNTERS: [(&str, &str); 4] = [
         "backplane_gap_events",
         "wsrelay_backplane_gap_events_total{",
     ),
+    ("broker_events_lost", "wsrelay_broker_events_lost_total "),
+    (
+        "broker_slow_consumer",
+        "wsrelay_broker_slow_consumer_total ",
+    ),
+];
+
+/// What a broker node did to lose nothing: resumes, replays, and events
+/// seen twice and dropped.
+pub const BROKER_COUNTERS: [(&str, &str); 4] = [
+    ("reconnects", "wsrelay_broker_reconnects_total "),
+    ("resumes", "wsrelay_broker_resumes_total "),
+    ("replayed_events", "wsrelay_broker_replayed_events_total "),
+    ("duplicates_dropped", "wsrelay_broker_duplicates_total "),
 ];
 
 /// A node's `/metrics` text.

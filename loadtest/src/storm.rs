@@ -119,6 +119,11 @@ pub struct ClusterSpec {
     pub protocol: String,
     /// `mesh` (links between every two nodes) or `nats` (a broker).
     pub backplane: String,
+    /// `nats` only: the broker is SIGKILLed this many seconds into the
+    /// measured window (0: never) and started again on its port, with its
+    /// store, after `broker_down_ms`.
+    pub broker_restart_at: u64,
+    pub broker_down_ms: u64,
 }
 
 /// The storm's shape.
@@ -177,6 +182,12 @@ pub struct Report {
     /// The nodes' loss counters at the end (slow-consumer closes, events
     /// dropped, backplane evictions), summed over nodes.
     pub node_losses: serde_json::Value,
+    /// Broker runs: the nodes' resume and de-duplication counters at the
+    /// end, summed over nodes.
+    pub broker_counters: serde_json::Value,
+    /// Whether the broker was killed and started again during the run
+    /// (the cluster's CPU is then not measured: the broker's pid changed).
+    pub broker_restarted: bool,
     /// One sample per measured second.
     pub timeline: Vec<Sample>,
 }
@@ -271,6 +282,8 @@ impl Report {
             "backplane_events_per_sec": self.backplane_events_per_sec,
             "backplane_bytes_per_sec": self.backplane_bytes_per_sec,
             "node_losses": self.node_losses,
+            "broker_counters": self.broker_counters,
+            "broker_restarted": self.broker_restarted,
             "drift": self.drift(),
             "timeline": self.timeline.iter().map(|s| serde_json::json!({
                 "t": s.t,
@@ -484,6 +497,12 @@ fn print_table(scenario: &str, shape: Shape, opts: &RunOptions, reports: &[Repor
                 b / 1e6
             );
         }
+        if r.broker_restarted {
+            println!(
+                "       the broker was killed and restarted mid-run (cluster CPU not measured); nodes' broker counters: {}",
+                r.broker_counters
+            );
+        }
     }
     if opts.workers.len() > 1 {
         println!(
@@ -573,7 +592,7 @@ async fn once(
     };
     let mut inproc = None;
     let mut others: Vec<node::NodeProcess> = Vec::new();
-    let mut broker: Option<node::NodeProcess> = None;
+    let mut broker: Option<node::NatsServer> = None;
     let extra: Vec<&str> = opts.node_args.iter().map(String::as_str).collect();
     let node = match (&redis, opts.target.as_str()) {
         (Some(r), "awx-reference") => node::start_awx_reference(&r.url()).await?,
@@ -612,8 +631,15 @@ async fn once(
     // The broker's CPU is the cluster's too.
     let pids: Vec<u32> = std::iter::once(node.pid)
         .chain(others.iter().map(|n| n.pid))
-        .chain(broker.iter().map(|n| n.pid))
+        .chain(broker.iter().map(|n| n.process.pid))
         .collect();
+    // Each node apart: one of them at its workers' limit saturates the run
+    // even when the cluster's sum does not show it.
+    let node_pids: Vec<u32> = std::iter::once(node.pid)
+        .chain(others.iter().map(|n| n.pid))
+        .collect();
+    let per_node =
+        || -> Vec<Option<f64>> { node_pids.iter().map(|&p| node::cpu_seconds(p)).collect() };
     let cpu_all = || -> Option<f64> { pids.iter().map(|&p| node::cpu_seconds(p)).sum() };
     let rss_all = || -> Option<u64> { pids.iter().map(|&p| node::rss_bytes(p)).sum() };
     let threads = client_threads(opts, workers);
@@ -716,7 +742,13 @@ async fn once(
         (w, r, d)
     };
     let batch0 = batching().await;
-    let (t0, r0, cpu0) = (Instant::now(), pool.received(), cpu_all());
+    let (t0, r0, cpu0, each0) = (Instant::now(), pool.received(), cpu_all(), per_node());
+    let restart = opts
+        .cluster
+        .as_ref()
+        .filter(|c| c.backplane == "nats" && c.broker_restart_at > 0)
+        .map(|c| (c.broker_restart_at, Duration::from_millis(c.broker_down_ms)));
+    let mut restarting = None;
     let mut timeline = Vec::with_capacity(opts.duration as usize);
     pool.take_window();
     let mut last = (t0, r0);
@@ -743,9 +775,26 @@ async fn once(
             );
         }
         last = (now, received);
+        if let (Some((at, down)), true) = (restart, restarting.is_none()) {
+            if second == at {
+                if let Some(mut b) = broker.take() {
+                    eprintln!(
+                        "\n  broker: SIGKILL at t={second}s, back after {} ms",
+                        down.as_millis()
+                    );
+                    restarting = Some(tokio::spawn(
+                        async move { b.restart(down).await.map(|()| b) },
+                    ));
+                }
+            }
+        }
     }
     eprintln!();
-    let (t1, r1, cpu1) = (Instant::now(), pool.received(), cpu_all());
+    let (t1, r1, cpu1, each1) = (Instant::now(), pool.received(), cpu_all(), per_node());
+    let broker_restarted = restarting.is_some();
+    if let Some(r) = restarting {
+        broker = Some(r.await??);
+    }
     let kinds1 = kinds();
     let batch1 = batching().await;
     let node_deliveries = batch1.2.saturating_sub(batch0.2) as f64;
@@ -778,9 +827,21 @@ async fn once(
     let counters = perf.and_then(node::perf_result);
     // Where loss happened, in the nodes' own words (wsrelay targets only).
     let mut node_losses = serde_json::Map::new();
+    let mut broker_counters = serde_json::Map::new();
     if opts.target == "wsrelay" {
         for a in std::iter::once(addr).chain(others.iter().map(|n| n.addr)) {
             if let Ok(text) = node::metrics(a).await {
+                if broker.is_some() {
+                    for (key, prefix) in node::BROKER_COUNTERS {
+                        let v: u64 = text
+                            .lines()
+                            .filter(|l| l.starts_with(prefix))
+                            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                            .sum();
+                        let e = broker_counters.entry(key.to_owned()).or_insert(0.into());
+                        *e = (e.as_u64().unwrap_or(0) + v).into();
+                    }
+                }
                 for (key, prefix) in node::LOSS_COUNTERS {
                     let v: u64 = text
                         .lines()
@@ -829,7 +890,12 @@ async fn once(
     let nodes = 1 + others.len();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let mut sat = Vec::new();
-    if node_cpu >= 85.0 * (workers * nodes) as f64 {
+    let busiest_node = each0
+        .iter()
+        .zip(&each1)
+        .map(|(a, b)| pct(*a, *b))
+        .fold(0.0, f64::max);
+    if node_cpu >= 85.0 * (workers * nodes) as f64 || busiest_node >= 85.0 * workers as f64 {
         sat.push("node");
     }
     if busiest >= 85.0 || producer_cpu >= 85.0 || achieved_rate < 0.95 * rate as f64 {
@@ -873,6 +939,8 @@ async fn once(
         syscalls_per_delivery: counters.map(|(s, _)| s as f64 / delivered.max(1.0)),
         uring_submissions_per_delivery: counters.map(|(_, u)| u as f64 / delivered.max(1.0)),
         node_losses: serde_json::Value::Object(node_losses),
+        broker_counters: serde_json::Value::Object(broker_counters),
+        broker_restarted,
         backplane_events_per_sec: backplane0
             .zip(backplane1)
             .map(|(a, b)| (b.0 - a.0) as f64 / secs),
