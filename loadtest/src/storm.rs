@@ -832,25 +832,9 @@ async fn once(
         for a in std::iter::once(addr).chain(others.iter().map(|n| n.addr)) {
             if let Ok(text) = node::metrics(a).await {
                 if broker.is_some() {
-                    for (key, prefix) in node::BROKER_COUNTERS {
-                        let v: u64 = text
-                            .lines()
-                            .filter(|l| l.starts_with(prefix))
-                            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                            .sum();
-                        let e = broker_counters.entry(key.to_owned()).or_insert(0.into());
-                        *e = (e.as_u64().unwrap_or(0) + v).into();
-                    }
+                    add_counters(&mut broker_counters, &text, &node::BROKER_COUNTERS);
                 }
-                for (key, prefix) in node::LOSS_COUNTERS {
-                    let v: u64 = text
-                        .lines()
-                        .filter(|l| l.starts_with(prefix))
-                        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                        .sum();
-                    let e = node_losses.entry(key.to_owned()).or_insert(0.into());
-                    *e = (e.as_u64().unwrap_or(0) + v).into();
-                }
+                add_counters(&mut node_losses, &text, &node::LOSS_COUNTERS);
             }
         }
     }
@@ -997,6 +981,24 @@ async fn subscriber(
 }
 
 /// How many client threads a run gets: as asked, or every core the node's
+/// Adds each `(key, prefix)` counter from a node's metrics text (every
+/// series whose line starts with the prefix) to `into`.
+fn add_counters(
+    into: &mut serde_json::Map<String, serde_json::Value>,
+    text: &str,
+    counters: &[(&str, &str)],
+) {
+    for (key, prefix) in counters {
+        let v: u64 = text
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        let e = into.entry((*key).to_owned()).or_insert(0.into());
+        *e = (e.as_u64().unwrap_or(0) + v).into();
+    }
+}
+
 /// workers do not take (at least one).
 fn client_threads(opts: &RunOptions, workers: usize) -> usize {
     if opts.client_threads > 0 {

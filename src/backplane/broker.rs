@@ -1090,20 +1090,38 @@ async fn deliver(
                         .map(|(_, seq)| seq + 1)
                 };
                 let Some(start) = start else { continue };
-                match replay(&ctx, &client, &s, start, None).await {
-                    Ok(n) => {
-                        ctx.m.resumes.inc();
-                        tracing::info!(
-                            from = start,
-                            replayed = n,
-                            "broker connection back; resumed from the stream"
-                        );
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "broker resume failed; events published while away may be lost here")
-                    }
-                }
+                resume(&ctx, &client, &s, start, None).await;
             }
+        }
+    }
+}
+
+/// A replay from `start`, counted and logged: after a lost connection
+/// (`only` none) or a restart (the groups held then).
+async fn resume(
+    ctx: &Ctx,
+    client: &Client,
+    stream: &jetstream::stream::Stream,
+    start: u64,
+    only: Option<&std::collections::HashSet<String>>,
+) {
+    let after = if only.is_some() {
+        "a restart"
+    } else {
+        "a lost connection"
+    };
+    match replay(ctx, client, stream, start, only).await {
+        Ok(n) => {
+            ctx.m.resumes.inc();
+            tracing::info!(
+                from = start,
+                replayed = n,
+                after,
+                "broker: resumed from the stream"
+            );
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, after, "broker resume failed; events published meanwhile may be lost here")
         }
     }
 }
@@ -1363,20 +1381,7 @@ async fn resume_after_restart(
     tokio::time::sleep(ctx.settings.resume_hold).await;
     let s = stream.borrow().clone();
     if let Some(s) = s {
-        let start = point.stream_seq + 1;
-        match replay(ctx, client, &s, start, Some(&groups)).await {
-            Ok(n) => {
-                ctx.m.resumes.inc();
-                tracing::info!(
-                    from = start,
-                    replayed = n,
-                    "broker: resumed this node's groups after a restart"
-                );
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "broker resume after a restart failed; events published while this node was down may be lost here")
-            }
-        }
+        resume(ctx, client, &s, point.stream_seq + 1, Some(&groups)).await;
     }
     // Marks of groups no client took up again go.
     ctx.seen.borrow_mut().retain(|g| held_here(ctx, g));
