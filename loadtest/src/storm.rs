@@ -885,6 +885,16 @@ async fn once(
     if busiest >= 85.0 || producer_cpu >= 85.0 || achieved_rate < 0.95 * rate as f64 {
         sat.push("generator");
     }
+    // Clients closed as slow consumers: the readers or the node fell
+    // behind, and what the counters show after that is no steady state
+    // (CPU falls once the clients are gone).
+    let closed = node_losses
+        .get("slow_consumer_closes")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    if closed > 0 {
+        sat.push("clients-closed");
+    }
     // Node and generator together near every core: neither had room, and
     // the figures are the machine's, not either side's.
     if sat.is_empty() && node_cpu + generator_cpu >= 85.0 * cores {
