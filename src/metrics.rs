@@ -190,9 +190,12 @@ pub struct BrokerMetrics {
     /// Times the client dropped messages this node did not take in time.
     pub slow_consumer: Counter,
     skipped: Family<Labels, Counter>,
+    retries: Family<Labels, Counter>,
 }
 
 impl BrokerMetrics {
+    const RETRIES: [&'static str; 3] = ["lost_connection", "timeout", "error"];
+
     const SKIPS: [&'static str; 6] = [
         "bad_signature",
         "malformed",
@@ -221,6 +224,15 @@ impl BrokerMetrics {
         );
         for r in Self::SKIPS {
             let _ = skipped.get_or_create(&vec![("reason", r.to_owned())]);
+        }
+        let retries = Family::<Labels, Counter>::default();
+        registry.register(
+            "broker_publish_retries",
+            "Publishes sent again from the last acknowledged event, by why: lost_connection (the acknowledgements went with it), timeout (none in time), error",
+            retries.clone(),
+        );
+        for r in Self::RETRIES {
+            let _ = retries.get_or_create(&vec![("reason", r.to_owned())]);
         }
         Self {
             up: g(registry, "broker_up", "1 while the connection to the NATS broker works"),
@@ -289,7 +301,16 @@ impl BrokerMetrics {
                 "Times the NATS client dropped messages this node did not take in time (events lost here)",
             ),
             skipped,
+            retries,
         }
+    }
+
+    /// A publish sent again; `reason` is one of `RETRIES`.
+    pub fn retry(&self, reason: &'static str) {
+        debug_assert!(Self::RETRIES.contains(&reason));
+        self.retries
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
     }
 
     /// A skipped message; `reason` is one of `SKIPS`.

@@ -503,3 +503,51 @@ async fn a_node_killed_and_started_again_resumes_its_groups() {
     }
     assert_eq!(metric(b_addr, "wsrelay_broker_resumes_total").await, 1);
 }
+
+/// A publish whose acknowledgement is on its way back when the connection
+/// goes is sent again as soon as the connection is back, not after its
+/// timeout (the acknowledgement went with the connection; waiting it out
+/// stalled a storm's publisher for five seconds and overflowed its buffer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_cut_off_before_its_acknowledgement_is_sent_again_at_once() {
+    let nats = NatsServer::start(true);
+    let relay = support::cut::Cuttable::start(([127, 0, 0, 1], nats.port).into()).await;
+    let a = start(|c| {
+        c.node_id = "a".into();
+        c.backplane_secret = Some(BACKPLANE.into());
+        c.broker = vec![format!("nats://{}", relay.addr)];
+    });
+    let b = broker_node("b", &nats);
+    broker_ready(&a, true).await;
+    broker_ready(&b, true).await;
+    let mut ws = connect(b.addr, &token(1)).await;
+    subscribe(&mut ws, json!({"job_events": [1]})).await;
+    emit_range(a.addr, 0, 100, 25).await;
+    for want in 0..100 {
+        assert_eq!(next_n(&mut ws).await, want);
+    }
+    // The stream's acknowledgements stop on their way back to a, so a's
+    // publisher waits with events unacknowledged; then the connection goes.
+    relay.hold(support::cut::Hold::Back);
+    emit_range(a.addr, 100, 200, 25).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(a.addr, "wsrelay_broker_lag_events").await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a never waited for an acknowledgement"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    relay.cut();
+    relay.hold(support::cut::Hold::Nothing);
+    relay.heal();
+    emit_range(a.addr, 200, 300, 25).await;
+    for want in 100..300 {
+        assert_eq!(next_n(&mut ws).await, want, "order and exactly once");
+    }
+    let retries =
+        |reason: &str| format!("wsrelay_broker_publish_retries_total{{reason=\"{reason}\"}}");
+    assert!(metric(a.addr, &retries("lost_connection")).await >= 1);
+    assert_eq!(metric(a.addr, &retries("timeout")).await, 0);
+    assert_eq!(metric(a.addr, "wsrelay_broker_events_lost_total").await, 0);
+}

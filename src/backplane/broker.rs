@@ -633,6 +633,11 @@ async fn run(ctx: Rc<Ctx>, mut stop: watch::Receiver<bool>, sink: Arc<Sink>) {
     let _registered = SinkGuard(ctx.bp.clone(), sink.clone());
     let (tx, rx) = mpsc::channel::<Incoming>(INBOX);
     let (connected_tx, connected) = watch::channel(false);
+    // Bumped by every lost connection: a publish waiting for its
+    // acknowledgements gives up at once (they went with the connection)
+    // rather than after the timeout, even when the connection came back
+    // meanwhile.
+    let (losses_tx, losses) = watch::channel(0u64);
     let events_tx = tx.clone();
     let m = ctx.m.clone();
     let was_connected = Rc::new(std::cell::Cell::new(false));
@@ -697,6 +702,7 @@ async fn run(ctx: Rc<Ctx>, mut stop: watch::Receiver<bool>, sink: Arc<Sink>) {
                             continue;
                         }
                         m.reconnects.inc();
+                        losses_tx.send_modify(|n| *n += 1);
                         let _ = connected_tx.send(false);
                         let _ = events_tx.send(Incoming::Lost(Instant::now())).await;
                     }
@@ -808,6 +814,7 @@ async fn run(ctx: Rc<Ctx>, mut stop: watch::Receiver<bool>, sink: Arc<Sink>) {
             stream.clone(),
             sink.clone(),
             connected.clone(),
+            losses,
         ))
         .abort_handle(),
         tokio::task::spawn_local(follow_interest(
@@ -882,6 +889,7 @@ async fn publish(
     stream: Rc<RefCell<Option<jetstream::stream::Stream>>>,
     sink: Arc<Sink>,
     mut connected: watch::Receiver<bool>,
+    mut losses: watch::Receiver<u64>,
 ) {
     let s = &ctx.settings;
     let mut batch = Vec::new();
@@ -919,6 +927,7 @@ async fn publish(
             );
         }
         let use_js = stream.borrow().is_some();
+        let losses_before = *losses.borrow_and_update();
         let result = async {
             let mut acks = Vec::with_capacity(msgs.len());
             for msg in &msgs {
@@ -953,18 +962,33 @@ async fn publish(
             }
             Ok::<(), async_nats::Error>(())
         };
-        match tokio::time::timeout(s.ack_timeout, result).await {
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(s.ack_timeout, result) => Some(r),
+            _ = losses.wait_for(|n| *n != losses_before) => None,
+        };
+        let Some(outcome) = outcome else {
+            tracing::info!("broker connection lost while publishing; resending from the last acknowledged event once back");
+            ctx.m.retry("lost_connection");
+            sink.connected(Some(acked));
+            continue;
+        };
+        match outcome {
             Ok(Ok(())) => {
                 acked = last;
                 sink.ack(acked);
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "broker publish failed; resending from the last acknowledged event");
+                let timed_out = e
+                    .downcast_ref::<jetstream::context::PublishError>()
+                    .is_some_and(|p| p.kind() == jetstream::context::PublishErrorKind::TimedOut);
+                ctx.m.retry(if timed_out { "timeout" } else { "error" });
                 sink.connected(Some(acked));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(_) => {
                 tracing::warn!("broker publish unacknowledged in time; resending from the last acknowledged event");
+                ctx.m.retry("timeout");
                 sink.connected(Some(acked));
             }
         }
@@ -1143,6 +1167,12 @@ async fn replay(
     if end < start {
         return Ok(0);
     }
+    // A node that holds none of the groups has nothing to replay (the
+    // emitting node of a storm, often): the stream is not read at all.
+    let wanted = |g: &str| held_here(ctx, g) && only.is_none_or(|o| o.contains(g));
+    if !ctx.routes.load().local_groups().any(|g| wanted(g)) {
+        return Ok(0);
+    }
     if state.first_sequence > start {
         // The stream dropped messages the replay needed (older than its
         // window, or past its size): what they carried is lost here.
@@ -1172,8 +1202,7 @@ async fn replay(
             let m = m?;
             let seq = m.info().map(|i| i.stream_sequence).unwrap_or(end);
             // Only groups held here now: what the live path would carry.
-            let held = group_of(&ctx.settings.prefix, &m.subject)
-                .is_some_and(|g| held_here(ctx, &g) && only.is_none_or(|o| o.contains(&g)));
+            let held = group_of(&ctx.settings.prefix, &m.subject).is_some_and(|g| wanted(&g));
             if held {
                 replayed += deliver_one(ctx, &m.subject, &m.payload, true)
                     .await
