@@ -346,9 +346,23 @@ pub struct Outgoing {
     pub group: Arc<str>,
     pub body: Bytes,
     pub events: usize,
-    /// The sequence of its first event: with node and incarnation, the
-    /// message's identity (JetStream drops a resend it already stored).
+    /// The sequences of its first and last events: with node and
+    /// incarnation, the message's identity (`msg_id`).
     pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+/// The identity JetStream de-duplicates a message by (`Nats-Msg-Id`): its
+/// sender's run and the span of sequences it carries. The span, not the
+/// first sequence alone: a resend after a lost connection may take a
+/// longer batch from the same start while the first attempt, still
+/// buffered in the client, reaches the stream too; by its start alone the
+/// stream would drop the longer one as a duplicate, and what only it
+/// carried would be lost. Within a span a group's events are the same
+/// whatever the batch (the outbox keeps them in order), so equal
+/// identities carry equal events.
+pub fn msg_id(node: &str, incarnation: u64, m: &Outgoing) -> String {
+    format!("{node}.{incarnation:x}.{}-{}", m.first_seq, m.last_seq)
 }
 
 /// Splits events taken from the outbox into broker messages: one per run
@@ -365,6 +379,7 @@ pub fn messages(
         w: wire::BrokerWriter,
         events: usize,
         first_seq: u64,
+        last_seq: u64,
     }
     impl Open {
         fn done(self) -> Outgoing {
@@ -373,6 +388,7 @@ pub fn messages(
                 body: self.w.finish(),
                 events: self.events,
                 first_seq: self.first_seq,
+                last_seq: self.last_seq,
             }
         }
     }
@@ -397,12 +413,14 @@ pub fn messages(
                     w: wire::BrokerWriter::start(node, incarnation, &p.group),
                     events: 0,
                     first_seq: p.seq,
+                    last_seq: p.seq,
                 });
                 open.len() - 1
             }
         };
         open[at].w.push(p.seq, p.origin, &p.payload);
         open[at].events += 1;
+        open[at].last_seq = p.seq;
     }
     done.extend(open.into_iter().map(Open::done));
     (done, too_big)
@@ -939,11 +957,7 @@ async fn publish(
                     // The stream drops a resend it already holds.
                     headers.insert(
                         "Nats-Msg-Id",
-                        format!(
-                            "{}.{:x}.{}",
-                            ctx.bp.node_id, ctx.bp.incarnation, msg.first_seq
-                        )
-                        .as_str(),
+                        msg_id(&ctx.bp.node_id, ctx.bp.incarnation, msg).as_str(),
                     );
                     acks.push(js.publish_with_headers(subject, headers, body).await?);
                 } else {
@@ -1573,6 +1587,17 @@ mod tests {
             })
             .collect();
         assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+        // A resend from the same start with a longer span is another
+        // message: the stream must not drop it as the first attempt.
+        let short = &messages("n1", 7, &big[..3], 1 << 20).0[0];
+        let long = &messages("n1", 7, &big, 1 << 20).0[0];
+        assert_eq!((short.first_seq, short.last_seq), (1, 3));
+        assert_eq!((long.first_seq, long.last_seq), (1, 10));
+        assert_ne!(msg_id("n1", 7, short), msg_id("n1", 7, long));
+        assert_eq!(
+            msg_id("n1", 7, short),
+            msg_id("n1", 7, &messages("n1", 7, &big[..3], 1 << 20).0[0])
+        );
         let (msgs, too_big) = messages("n1", 7, &[pending(1, "a", &"x".repeat(5000))], 2048);
         assert_eq!((msgs.len(), too_big), (0, 1));
     }
