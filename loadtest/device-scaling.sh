@@ -54,4 +54,20 @@ echo "== cluster: 3 nodes, 1 job, 100 viewers, 20,000 events/s"
 lt cluster cluster --viewers 100 --rate 20000 --workers 1,2,4
 fi
 
+if want broker; then
+# Issue 13's goals: the emitting node's egress against N through the mesh and
+# through NATS (10 viewers on every other node, so every delivery crosses the
+# backplane), the 8-node storm at 20,000 events/s, and a broker restart in it.
+command -v nats-server >/dev/null || echo "!! no nats-server in $bin or PATH: the nats runs will fail"
+for n in 2 4 8; do
+    for b in mesh nats; do
+        echo "== cluster: $n nodes over $b, 1 job at 20,000 events/s, 10 viewers per other node"
+        lt "cluster-$b-$n" cluster --backplane "$b" --nodes "$n" --viewers $((10 * (n - 1))) --rate 20000
+    done
+done
+echo "== cluster: 8 nodes over nats, the broker SIGKILLed 2 s in and restarted (64 MiB client queues)"
+lt cluster-nats-8-restart cluster --backplane nats --nodes 8 --viewers 70 --rate 20000 \
+    --broker-restart-at 2 --node-arg=--queue-bytes=67108864
+fi
+
 echo "== done in $(( $(date +%s) - t0 )) s"

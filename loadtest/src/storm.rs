@@ -9,8 +9,8 @@
 //! the rate step by step until loss appears or p99 passes a bound.
 //!
 //! The generator must never be what is measured: clients run on
-//! `--client-threads` threads (by default every core the node does not
-//! get), the producer on its own, and every report gives the generator's
+//! `--client-threads` threads (by default every core the nodes and a
+//! broker do not get), the producer on its own, and every report gives the generator's
 //! CPU per thread and says which side saturated first. `--find-max` does
 //! not call a ceiling that the generator set, and `--workers 1,2,4,8`
 //! sweeps the node's workers and prints a scaling table.
@@ -83,7 +83,7 @@ pub struct RunOptions {
     #[arg(long, value_delimiter = ',', default_value = "1")]
     pub workers: Vec<usize>,
     /// Threads of the load generator's clients; 0: every core not given to
-    /// the node's workers (at least 1)
+    /// the nodes' workers (and, with a broker, one for it; at least 1)
     #[arg(long, default_value_t = 0)]
     pub client_threads: usize,
     /// Extra flags for every node started, e.g. --node-arg=--client-write-interval-us=0
@@ -1015,7 +1015,14 @@ fn client_threads(opts: &RunOptions, workers: usize) -> usize {
         return opts.client_threads;
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    cores.saturating_sub(workers).max(1)
+    // Every node of a cluster runs `workers` workers, and a broker wants a
+    // core of its own: the clients get what is left, or one cluster run on
+    // a many-core machine oversubscribes it and reports the clients' wait.
+    let taken = match &opts.cluster {
+        Some(c) => c.nodes * workers + usize::from(c.backplane == "nats"),
+        None => workers,
+    };
+    cores.saturating_sub(taken).max(1)
 }
 
 /// The subscribing clients, spread over threads, each thread with its own
