@@ -19,6 +19,7 @@ pub mod outbox;
 pub mod peer;
 pub mod resume;
 pub mod secret;
+pub mod seen;
 pub mod stats;
 pub mod wire;
 
