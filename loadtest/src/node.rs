@@ -300,9 +300,10 @@ pub async fn metric_sum(addr: std::net::SocketAddr, prefix: &str) -> Option<u64>
     )
 }
 
-/// Events and bytes a node has sent to the rest of the cluster so far:
-/// over all its links, and to the broker.
-pub async fn backplane_sent(addr: std::net::SocketAddr) -> Option<(u64, u64)> {
+/// Events, bytes and messages (a link's batch frames, or broker messages)
+/// a node has sent to the rest of the cluster so far: over all its links,
+/// and to the broker.
+pub async fn backplane_sent(addr: std::net::SocketAddr) -> Option<(u64, u64, u64)> {
     let text = metrics(addr).await.ok()?;
     let sum = |name: &str| -> u64 {
         text.lines()
@@ -313,6 +314,8 @@ pub async fn backplane_sent(addr: std::net::SocketAddr) -> Option<(u64, u64)> {
     Some((
         sum("wsrelay_backplane_events_sent_total{") + sum("wsrelay_broker_events_published_total "),
         sum("wsrelay_backplane_bytes_sent_total{") + sum("wsrelay_broker_bytes_published_total "),
+        sum("wsrelay_backplane_batch_events_count{")
+            + sum("wsrelay_broker_messages_published_total "),
     ))
 }
 

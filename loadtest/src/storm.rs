@@ -179,6 +179,9 @@ pub struct Report {
     /// over its links (from its own metrics).
     pub backplane_events_per_sec: Option<f64>,
     pub backplane_bytes_per_sec: Option<f64>,
+    /// Events per message the emitting node sent: per batch frame over
+    /// its links, per broker message through NATS.
+    pub backplane_events_per_message: Option<f64>,
     /// The nodes' loss counters at the end (slow-consumer closes, events
     /// dropped, backplane evictions), summed over nodes.
     pub node_losses: serde_json::Value,
@@ -281,6 +284,7 @@ impl Report {
             "backplane": opts.cluster.as_ref().map(|c| c.backplane.clone()),
             "backplane_events_per_sec": self.backplane_events_per_sec,
             "backplane_bytes_per_sec": self.backplane_bytes_per_sec,
+            "backplane_events_per_message": self.backplane_events_per_message,
             "node_losses": self.node_losses,
             "broker_counters": self.broker_counters,
             "broker_restarted": self.broker_restarted,
@@ -493,8 +497,9 @@ fn print_table(scenario: &str, shape: Shape, opts: &RunOptions, reports: &[Repor
         );
         if let (Some(e), Some(b)) = (r.backplane_events_per_sec, r.backplane_bytes_per_sec) {
             println!(
-                "       backplane out of the emitting node: {e:.0} events/s, {:.1} MB/s",
-                b / 1e6
+                "       backplane out of the emitting node: {e:.0} events/s, {:.1} MB/s, {:.1} events/message",
+                b / 1e6,
+                r.backplane_events_per_message.unwrap_or(0.0)
             );
         }
         if r.broker_restarted {
@@ -941,6 +946,9 @@ async fn once(
         backplane_bytes_per_sec: backplane0
             .zip(backplane1)
             .map(|(a, b)| (b.1 - a.1) as f64 / secs),
+        backplane_events_per_message: backplane0
+            .zip(backplane1)
+            .map(|(a, b)| (b.0 - a.0) as f64 / (b.2 - a.2).max(1) as f64),
         timeline,
     })
 }
