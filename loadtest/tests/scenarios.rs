@@ -487,6 +487,37 @@ fn cluster_over_a_nats_broker_is_lossless_and_sends_each_event_once() {
 }
 
 #[test]
+fn cluster_over_core_nats_without_jetstream_is_lossless() {
+    // A replay window of 0: no stream, publishes flushed rather than
+    // acknowledged; the harness waits for the connection instead.
+    let report = run(
+        "cluster-core-nats",
+        &[
+            "cluster",
+            "--backplane",
+            "nats",
+            "--nodes",
+            "2",
+            "--viewers",
+            "3",
+            "--rate",
+            "300",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--io",
+            "epoll",
+            "--node-arg=--broker-replay-window-s=0",
+        ],
+    );
+    check_runs(&report, &["epoll"], 300 * 3);
+    let r = &report["runs"][0];
+    assert_eq!(r["backplane"], "nats", "{r}");
+    assert!(r["backplane_events_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+}
+
+#[test]
 fn connects_through_awx_api_cost_one_call_per_session() {
     let io = if wsrelay::probe_uring().is_ok() {
         "uring"
