@@ -798,6 +798,10 @@ async fn publish(
             }
             continue;
         }
+        // One batch at a time, acknowledged before the next: a later batch
+        // stored while an earlier one was refused would let a replaying
+        // node drop the earlier one's resend as seen (ARCHITECTURE.md,
+        // "Known costs").
         batch.clear();
         sink.take(&mut batch, s.batch_events, s.batch_bytes);
         let Some(last) = batch.last().map(|p| p.seq) else {
