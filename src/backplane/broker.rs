@@ -65,6 +65,21 @@ const INBOX: usize = 4096;
 const PER_SUBSCRIPTION: usize = 1024;
 /// What a broker message may carry besides the events (names, counts).
 const MESSAGE_OVERHEAD: usize = 1024;
+/// What one event adds to a message besides its payload: its sequence
+/// (8), its origin (1, or 17 with a stream entry) and its length (4).
+const EVENT_OVERHEAD: usize = 8 + 17 + 4;
+/// Room for the `Nats-Msg-Id` header, which counts against the server's
+/// `max_payload` with the body: `NATS/1.0`, the key and an id of at most
+/// 64 + 3 * 20 + 3 bytes, the line ends: 154 bytes at most.
+const HEADER_ROOM: usize = 256;
+
+/// The largest body `messages` may build for a server whose `max_payload`
+/// is `server_max`: what is left once the signature and the header have
+/// their room. Events that cannot fit it are counted as lost, never sent
+/// to be refused (a refused publish is retried, and would be forever).
+pub fn message_budget(server_max: usize) -> usize {
+    server_max.saturating_sub(TAG + HEADER_ROOM)
+}
 
 /// The broker's settings, from `Config`.
 #[derive(Debug, Clone)]
@@ -399,7 +414,7 @@ pub fn messages(
             too_big += 1;
             continue;
         }
-        let fits = |o: &Open| o.w.len() + p.payload.len() + 12 <= max_bytes;
+        let fits = |o: &Open| o.w.len() + p.payload.len() + EVENT_OVERHEAD <= max_bytes;
         let at = match open.iter().position(|o| o.group == p.group) {
             Some(i) if fits(&open[i]) => i,
             found => {
@@ -807,7 +822,7 @@ async fn publish(
         let Some(last) = batch.last().map(|p| p.seq) else {
             continue;
         };
-        let max = client.server_info().max_payload.max(64 * 1024) - TAG;
+        let max = message_budget(client.server_info().max_payload);
         let (msgs, too_big) = messages(&ctx.bp.node_id, ctx.bp.incarnation, &batch, max);
         if too_big > 0 {
             ctx.m.lost.inc_by(too_big as u64);
@@ -864,6 +879,17 @@ async fn publish(
                 acked = last;
                 sink.ack(acked);
             }
+            Ok(Err(e))
+                if too_large(&*e) && message_budget(client.server_info().max_payload) == max =>
+            {
+                // Not a passing fault: the same messages would be refused
+                // again, forever, and hold up everything behind them. Cannot
+                // happen while `message_budget` is right; counted if it does.
+                tracing::error!(error = %e, events = batch.len(), max, "broker refused a message as too large for its max_payload; its batch is counted as lost");
+                ctx.m.lost.inc_by(batch.len() as u64);
+                acked = last;
+                sink.ack(acked);
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "broker publish failed; resending from the last acknowledged event");
                 let timed_out = e
@@ -880,6 +906,15 @@ async fn publish(
             }
         }
     }
+}
+
+/// Whether a publish failed because the message passed the server's
+/// `max_payload` (JetStream's and core NATS's errors both say so).
+fn too_large(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    e.downcast_ref::<jetstream::context::PublishError>()
+        .is_some_and(|p| p.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded)
+        || e.downcast_ref::<async_nats::PublishError>()
+            .is_some_and(|p| p.kind() == async_nats::PublishErrorKind::MaxPayloadExceeded)
 }
 
 /// Subscribes to the groups this node's clients hold, and registers with
@@ -1420,6 +1455,55 @@ mod tests {
             payload: Bytes::copy_from_slice(payload.as_bytes()),
             origin: wire::Origin::None,
         }
+    }
+
+    #[test]
+    fn every_message_fits_the_servers_max_payload_with_its_signature_and_header() {
+        // The longest node name, the widest numbers, events with a stream
+        // origin (the largest per-event overhead), and a second event
+        // sized to land on every byte near the budget's edge: a message
+        // the server would refuse is retried forever and stalls the node.
+        let node = "n".repeat(64);
+        let inc = u64::MAX;
+        let server_max = 1024 * 1024;
+        let max = message_budget(server_max);
+        let origin = wire::Origin::Live(wire::StreamId {
+            ms: u64::MAX,
+            seq: u64::MAX,
+        });
+        let event = |seq: u64, len: usize| Pending {
+            seq: u64::MAX - 10 + seq,
+            group: Arc::from("g"),
+            payload: Bytes::from(vec![b'x'; len]),
+            origin,
+        };
+        for second in (max - 3 * 250_000 - 400)..(max - 3 * 250_000 + 100) {
+            let batch = [
+                event(1, 250_000),
+                event(2, 250_000),
+                event(3, 250_000),
+                event(4, second),
+            ];
+            let (msgs, too_big) = messages(&node, inc, &batch, max);
+            assert_eq!(too_big, 0);
+            let mut events = 0;
+            for m in &msgs {
+                events += m.events;
+                let id = msg_id(&node, inc, m);
+                let header = "NATS/1.0\r\n".len() + "Nats-Msg-Id: ".len() + id.len() + 4;
+                let sealed = seal(b"secret", "wsrelay.g.g", &m.body).len();
+                assert!(
+                    sealed + header <= server_max,
+                    "{} events: {sealed} + {header} > {server_max} (second event {second})",
+                    m.events
+                );
+            }
+            assert_eq!(events, 4);
+        }
+        // A server whose max_payload leaves no room at all: nothing is
+        // built to be refused; everything is counted as too big.
+        let (msgs, too_big) = messages(&node, inc, &[event(1, 10)], message_budget(100));
+        assert_eq!((msgs.len(), too_big), (0, 1));
     }
 
     #[test]
