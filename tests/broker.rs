@@ -551,3 +551,36 @@ async fn a_publish_cut_off_before_its_acknowledgement_is_sent_again_at_once() {
     assert_eq!(metric(a.addr, &retries("timeout")).await, 0);
     assert_eq!(metric(a.addr, "wsrelay_broker_events_lost_total").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_filled_to_the_brokers_max_payload_are_all_published() {
+    // A small max_payload and events of many sizes: the publisher fills
+    // messages to every byte near the limit. One built a little over it
+    // (the Nats-Msg-Id header counts against max_payload) was refused,
+    // retried, refused again, and stopped everything behind it.
+    let nats = NatsServer::start_with(true, Some(8192));
+    let (a, b) = (broker_node("a", &nats), broker_node("b", &nats));
+    broker_ready(&a, true).await;
+    broker_ready(&b, true).await;
+    let mut ws = connect(b.addr, &token(1)).await;
+    subscribe(&mut ws, json!({"job_events": [1]})).await;
+    let total = 1500u64;
+    for start in (0..total).step_by(50) {
+        let chunk: Vec<_> = (start..start + 50)
+            .map(|n| {
+                let pad = "x".repeat(100 + (n as usize * 37) % 400);
+                ("job_events-1".to_owned(), json!({"n": n, "pad": pad}))
+            })
+            .collect();
+        emit_batch(a.addr, &chunk).await;
+    }
+    for want in 0..total {
+        assert_eq!(next_n(&mut ws).await, want);
+    }
+    assert_eq!(metric(a.addr, "wsrelay_broker_events_lost_total").await, 0);
+    let messages = metric(a.addr, "wsrelay_broker_messages_published_total").await;
+    assert!(
+        messages > 20,
+        "{messages} messages for {total} events of up to 500 B"
+    );
+}

@@ -13,11 +13,19 @@ pub struct NatsServer {
     pub port: u16,
     jetstream: bool,
     store: TempDir,
+    /// A `max_payload` other than NATS's 1 MiB default, through a config
+    /// file in the store.
+    max_payload: Option<usize>,
 }
 
 impl NatsServer {
     /// Starts a server on a free port; `jetstream` turns JetStream on.
     pub fn start(jetstream: bool) -> Self {
+        Self::start_with(jetstream, None)
+    }
+
+    /// As `start`, with the server's `max_payload` set to `max_payload`.
+    pub fn start_with(jetstream: bool, max_payload: Option<usize>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -28,6 +36,7 @@ impl NatsServer {
             port,
             jetstream,
             store: TempDir::new("nats"),
+            max_payload,
         };
         s.resume();
         s
@@ -39,6 +48,11 @@ impl NatsServer {
         cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
         if self.jetstream {
             cmd.arg("-js").arg("-sd").arg(&self.store.0);
+        }
+        if let Some(n) = self.max_payload {
+            let conf = self.store.0.join("limits.conf");
+            std::fs::write(&conf, format!("max_payload: {n}\n")).unwrap();
+            cmd.arg("-c").arg(conf);
         }
         let child = cmd
             .stdout(Stdio::null())
