@@ -1252,7 +1252,11 @@ async fn save_point(
         stream_seq: seq,
         groups: ctx.seen.borrow().marks(routes.local_groups().map(|g| &**g)),
     };
-    let budget = client.server_info().max_payload.max(64 * 1024) - MESSAGE_OVERHEAD;
+    // No header travels with a point; the overhead covers the signature.
+    let budget = client
+        .server_info()
+        .max_payload
+        .saturating_sub(MESSAGE_OVERHEAD);
     let (body, left_out) = point.encode(budget);
     if left_out > 0 {
         tracing::warn!(
