@@ -449,9 +449,17 @@ fn cluster_is_lossless_across_the_backplane_in_both_protocols() {
 
 #[test]
 fn cluster_over_a_nats_broker_is_lossless_and_sends_each_event_once() {
-    let report = run(
-        "cluster-nats",
-        &[
+    // With JetStream (the default), and on core NATS (a replay window of
+    // 0: no stream, publishes flushed rather than acknowledged, and the
+    // harness waits for the connection instead of the stream).
+    for (name, extra) in [
+        ("cluster-nats", None),
+        (
+            "cluster-core-nats",
+            Some("--node-arg=--broker-replay-window-s=0"),
+        ),
+    ] {
+        let mut args = vec![
             "cluster",
             "--backplane",
             "nats",
@@ -469,52 +477,26 @@ fn cluster_over_a_nats_broker_is_lossless_and_sends_each_event_once() {
             "0",
             "--io",
             "epoll",
-        ],
-    );
-    check_runs(&report, &["epoll"], 300 * 4);
-    let r = &report["runs"][0];
-    assert_eq!(r["backplane"], "nats", "{r}");
-    // The emitting node sent each event once (to the broker), not once
-    // per other node as the mesh does: about the offered rate.
-    let sent = r["backplane_events_per_sec"].as_f64().unwrap();
-    let offered = r["achieved_rate"].as_f64().unwrap();
-    assert!(
-        sent > 0.5 * offered && sent < 1.5 * offered,
-        "{sent} sent for {offered} offered: {r}"
-    );
-    let per = r["backplane_events_per_message"].as_f64().unwrap();
-    assert!((1.0..50.0).contains(&per), "{per} events/message: {r}");
-}
-
-#[test]
-fn cluster_over_core_nats_without_jetstream_is_lossless() {
-    // A replay window of 0: no stream, publishes flushed rather than
-    // acknowledged; the harness waits for the connection instead.
-    let report = run(
-        "cluster-core-nats",
-        &[
-            "cluster",
-            "--backplane",
-            "nats",
-            "--nodes",
-            "2",
-            "--viewers",
-            "3",
-            "--rate",
-            "300",
-            "--duration",
-            "1",
-            "--warmup",
-            "0",
-            "--io",
-            "epoll",
-            "--node-arg=--broker-replay-window-s=0",
-        ],
-    );
-    check_runs(&report, &["epoll"], 300 * 3);
-    let r = &report["runs"][0];
-    assert_eq!(r["backplane"], "nats", "{r}");
-    assert!(r["backplane_events_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+        ];
+        args.extend(extra);
+        let report = run(name, &args);
+        check_runs(&report, &["epoll"], 300 * 4);
+        let r = &report["runs"][0];
+        assert_eq!(r["backplane"], "nats", "{name}: {r}");
+        // The emitting node sent each event once (to the broker), not once
+        // per other node as the mesh does: about the offered rate.
+        let sent = r["backplane_events_per_sec"].as_f64().unwrap();
+        let offered = r["achieved_rate"].as_f64().unwrap();
+        assert!(
+            sent > 0.5 * offered && sent < 1.5 * offered,
+            "{name}: {sent} sent for {offered} offered: {r}"
+        );
+        let per = r["backplane_events_per_message"].as_f64().unwrap();
+        assert!(
+            (1.0..50.0).contains(&per),
+            "{name}: {per} events/message: {r}"
+        );
+    }
 }
 
 #[test]

@@ -65,9 +65,6 @@ const INBOX: usize = 4096;
 const PER_SUBSCRIPTION: usize = 1024;
 /// What a broker message may carry besides the events (names, counts).
 const MESSAGE_OVERHEAD: usize = 1024;
-/// What one event adds to a message besides its payload: its sequence
-/// (8), its origin (1, or 17 with a stream entry) and its length (4).
-const EVENT_OVERHEAD: usize = 8 + 17 + 4;
 /// Room for the `Nats-Msg-Id` header, which counts against the server's
 /// `max_payload` with the body: `NATS/1.0`, the key and an id of at most
 /// 64 + 3 * 20 + 3 bytes, the line ends: 154 bytes at most.
@@ -414,7 +411,9 @@ pub fn messages(
             too_big += 1;
             continue;
         }
-        let fits = |o: &Open| o.w.len() + p.payload.len() + EVENT_OVERHEAD <= max_bytes;
+        let fits = |o: &Open| {
+            o.w.len() + p.payload.len() + wire::BrokerWriter::EVENT_OVERHEAD <= max_bytes
+        };
         let at = match open.iter().position(|o| o.group == p.group) {
             Some(i) if fits(&open[i]) => i,
             found => {
@@ -1464,8 +1463,8 @@ mod tests {
     #[test]
     fn every_message_fits_the_servers_max_payload_with_its_signature_and_header() {
         // The longest node name, the widest numbers, events with a stream
-        // origin (the largest per-event overhead), and a second event
-        // sized to land on every byte near the budget's edge: a message
+        // origin (the largest per-event overhead), and a last event sized
+        // to land on every byte near the budget's edge: a message
         // the server would refuse is retried forever and stalls the node.
         let node = "n".repeat(64);
         let inc = u64::MAX;

@@ -550,6 +550,11 @@ impl BrokerWriter {
         }
     }
 
+    /// The most one event adds to a message besides its payload (`push`):
+    /// its sequence (8), its origin (1, or 17 with a stream entry) and its
+    /// length (4).
+    pub const EVENT_OVERHEAD: usize = 8 + 1 + 16 + 4;
+
     pub fn push(&mut self, seq: u64, origin: Origin, payload: &[u8]) {
         self.buf.put_u64(seq);
         put_origin(&mut self.buf, origin);
