@@ -163,6 +163,9 @@ pub struct BrokerMetrics {
     pub up: Gauge,
     /// 1 when the broker keeps a replay stream (JetStream) for this node.
     pub jetstream: Gauge,
+    /// The configured replay window in seconds (0: core NATS, no replay):
+    /// what `jetstream` is expected to become.
+    pub replay_window: Gauge,
     pub events_published: Counter,
     pub messages_published: Counter,
     pub bytes_published: Counter,
@@ -184,6 +187,8 @@ pub struct BrokerMetrics {
     pub resume_truncated: Counter,
     /// Resume points saved for a restart.
     pub resume_points_saved: Counter,
+    /// Groups held here that the latest resume point had no room for.
+    pub resume_left_out: Gauge,
     /// Native links found to join two nodes that share the broker (they
     /// carry no events).
     pub redundant_links: Counter,
@@ -241,6 +246,11 @@ impl BrokerMetrics {
                 "broker_jetstream",
                 "1 when the broker keeps the replay stream (JetStream) that resumes use",
             ),
+            replay_window: g(
+                registry,
+                "broker_replay_window_seconds",
+                "The configured replay window (--broker-replay-window-s); 0: core NATS, nothing is replayed",
+            ),
             events_published: c(registry, "broker_events_published", "Events published to the broker"),
             messages_published: c(
                 registry,
@@ -284,6 +294,11 @@ impl BrokerMetrics {
                 registry,
                 "broker_resume_points_saved",
                 "Resume points saved to the broker's bucket, where a restarted node picks up",
+            ),
+            resume_left_out: g(
+                registry,
+                "broker_resume_groups_left_out",
+                "Groups held here that the latest resume point could not hold (the broker's max_payload): they start fresh after a restart",
             ),
             replayed: c(
                 registry,

@@ -30,6 +30,10 @@ fn broker_node(name: &str, nats: &NatsServer) -> TestNode {
 /// `jetstream`.
 async fn broker_ready(n: &TestNode, jetstream: bool) {
     wait_metric(n.addr, "wsrelay_broker_up 1").await;
+    // The configured window is on the metrics page too (the load harness
+    // reads it to know which of the two to wait for).
+    let window = metric(n.addr, "wsrelay_broker_replay_window_seconds").await;
+    assert_eq!(window > 0, jetstream, "replay window {window} s");
     if jetstream {
         wait_metric(n.addr, "wsrelay_broker_jetstream 1").await;
     }

@@ -215,20 +215,22 @@ pub async fn start_cluster(
         nodes.push(start(io, workers, &args).await?);
     }
     if nats.is_some() {
-        // Ready once on the stream; with JetStream off (a replay window of
-        // 0 passed with --node-arg), once connected.
-        let core_only = extra
-            .windows(2)
-            .any(|w| w[0] == "--broker-replay-window-s" && w[1] == "0")
-            || extra.contains(&"--broker-replay-window-s=0");
-        let ready = if core_only {
-            "wsrelay_broker_up 1"
-        } else {
-            "wsrelay_broker_jetstream 1"
-        };
+        // Ready once on the stream; with JetStream off (the node reports a
+        // replay window of 0), once connected.
         let deadline = Instant::now() + Duration::from_secs(20);
         for n in &nodes {
-            while !metrics(n.addr).await?.lines().any(|l| l == ready) {
+            loop {
+                let text = metrics(n.addr).await?;
+                let window = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("wsrelay_broker_replay_window_seconds "));
+                let ready = match window {
+                    Some("0") => "wsrelay_broker_up 1",
+                    _ => "wsrelay_broker_jetstream 1",
+                };
+                if text.lines().any(|l| l == ready) {
+                    break;
+                }
                 if Instant::now() > deadline {
                     bail!("node {} never reached the broker ({ready})", n.addr);
                 }

@@ -464,6 +464,10 @@ impl Broker {
             .name("wsrelay-broker".into())
             .spawn(move || {
                 tokio::task::LocalSet::new().block_on(&rt, async move {
+                    bp.metrics
+                        .broker
+                        .replay_window
+                        .set(settings.replay_window.as_secs() as i64);
                     let ctx = Rc::new(Ctx {
                         m: bp.metrics.broker.clone(),
                         secret: bp.secret.clone().unwrap_or_default(),
@@ -1257,7 +1261,8 @@ async fn save_point(
         .max_payload
         .saturating_sub(MESSAGE_OVERHEAD);
     let (body, left_out) = point.encode(budget);
-    if left_out > 0 {
+    // Said when it changes, not once a second.
+    if ctx.m.resume_left_out.set(left_out as i64) != left_out as i64 && left_out > 0 {
         tracing::warn!(
             left_out,
             budget,

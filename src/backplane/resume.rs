@@ -18,6 +18,8 @@
 //! comes again (at least once, never lost). This module is the point and
 //! its encoding; the broker thread does the saving and the reading.
 
+use std::collections::HashMap;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::is_node_name;
@@ -67,6 +69,8 @@ const MAGIC: &[u8; 4] = b"wsrp";
 const VERSION: u8 = 1;
 /// Each run or stream mark: node index, two u64.
 const MARK: usize = 2 + 8 + 8;
+/// The empty point: magic, version, time, sequence, node and group counts.
+pub const HEAD: usize = 4 + 1 + 8 + 8 + 2 + 4;
 
 /// The key a node's point is stored under: `n.<name>` for names a key can
 /// carry as they are, `h.<hex>` for the rest (a leading, trailing or
@@ -101,26 +105,57 @@ pub fn bucket(stream: &str) -> String {
 }
 
 impl ResumePoint {
-    /// The point in at most `budget` bytes, and how many groups did not
-    /// fit (they are left out whole: those groups start fresh after a
-    /// restart rather than with half their marks).
+    /// The point in at most `budget` bytes (`HEAD` bytes at least: the
+    /// empty point), and how many groups did not fit. Groups are left out
+    /// whole (those start fresh after a restart rather than with half
+    /// their marks), and the node table holds only the nodes the kept
+    /// groups name, so it counts against the budget with them: a node
+    /// that heard from hundreds of senders still saves what fits.
     pub fn encode(&self, budget: usize) -> (Bytes, usize) {
-        // The node table first: every sending node any group names, once.
-        let mut nodes: Vec<&str> = Vec::new();
-        for g in &self.groups {
-            for n in g
-                .runs
+        fn names(g: &GroupMarks) -> Vec<&str> {
+            g.runs
                 .iter()
-                .map(|r| &r.0)
-                .chain(g.stream.iter().map(|s| &s.0))
-            {
-                if nodes.len() < u16::MAX as usize && !nodes.contains(&n.as_str()) {
-                    nodes.push(n);
+                .map(|r| r.0.as_str())
+                .chain(g.stream.iter().map(|s| s.0.as_str()))
+                .collect()
+        }
+        // First which groups fit, with the table entries each adds.
+        let mut index: HashMap<&str, u16> = HashMap::new();
+        let mut nodes: Vec<&str> = Vec::new();
+        let mut kept: Vec<(&GroupMarks, Vec<&str>)> = Vec::new();
+        let mut size = HEAD;
+        let mut left_out = 0usize;
+        for g in &self.groups {
+            let named = names(g);
+            let mut new: Vec<&str> = Vec::new();
+            for n in &named {
+                if !index.contains_key(n) && !new.contains(n) {
+                    new.push(n);
                 }
             }
+            let need = 2
+                + g.group.len()
+                + 4
+                + MARK * named.len()
+                + new.iter().map(|n| 1 + n.len()).sum::<usize>();
+            let fits = g.group.len() <= u16::MAX as usize
+                && g.runs.len() <= u16::MAX as usize
+                && g.stream.len() <= u16::MAX as usize
+                && new.iter().all(|n| n.len() <= u8::MAX as usize)
+                && nodes.len() + new.len() <= u16::MAX as usize
+                && size + need <= budget;
+            if !fits {
+                left_out += 1;
+                continue;
+            }
+            for n in new {
+                index.insert(n, nodes.len() as u16);
+                nodes.push(n);
+            }
+            size += need;
+            kept.push((g, named));
         }
-        let index = |n: &str| nodes.iter().position(|x| *x == n).map(|i| i as u16);
-        let mut out = BytesMut::new();
+        let mut out = BytesMut::with_capacity(size);
         out.put_slice(MAGIC);
         out.put_u8(VERSION);
         out.put_u64(self.saved_at_ms);
@@ -130,27 +165,10 @@ impl ResumePoint {
             out.put_u8(n.len() as u8);
             out.put_slice(n.as_bytes());
         }
-        let count_at = out.len();
-        out.put_u32(0);
-        let mut written = 0u32;
-        let mut left_out = 0usize;
-        for g in &self.groups {
-            let need = 2 + g.group.len() + 4 + MARK * (g.runs.len() + g.stream.len());
-            let fits = g.group.len() <= u16::MAX as usize
-                && g.runs.len() <= u16::MAX as usize
-                && g.stream.len() <= u16::MAX as usize
-                && out.len() + need <= budget;
-            let ids: Option<Vec<u16>> = g
-                .runs
-                .iter()
-                .map(|r| index(&r.0))
-                .chain(g.stream.iter().map(|s| index(&s.0)))
-                .collect();
-            let (true, Some(ids)) = (fits, ids) else {
-                left_out += 1;
-                continue;
-            };
-            let mut ids = ids.into_iter();
+        out.put_u32(kept.len() as u32);
+        for (g, named) in &kept {
+            // Every name was entered in the table above.
+            let mut ids = named.iter().map(|n| index.get(n).copied().unwrap_or(0));
             out.put_u16(g.group.len() as u16);
             out.put_slice(g.group.as_bytes());
             out.put_u16(g.runs.len() as u16);
@@ -165,9 +183,8 @@ impl ResumePoint {
                 out.put_u64(id.ms);
                 out.put_u64(id.seq);
             }
-            written += 1;
         }
-        out[count_at..count_at + 4].copy_from_slice(&written.to_be_bytes());
+        debug_assert_eq!(out.len(), size);
         (out.freeze(), left_out)
     }
 
@@ -309,6 +326,50 @@ mod tests {
         assert!(b.len() < full);
         let back = ResumePoint::decode(&b, 256).unwrap();
         assert_eq!(back.groups, p.groups[..1]);
+    }
+
+    #[test]
+    fn the_node_table_counts_against_the_budget() {
+        // 400 senders with 64-byte names, each heard in its own group: the
+        // table alone would be 26 KB, past a 4 KiB budget.
+        let name = |i: usize| format!("{i:0>64}");
+        let p = ResumePoint {
+            saved_at_ms: 1,
+            stream_seq: 2,
+            groups: (0..400)
+                .map(|i| GroupMarks {
+                    group: format!("job_events-{i}"),
+                    runs: vec![(name(i), 1, 10), (name(0), 1, 3)],
+                    stream: vec![],
+                })
+                .collect(),
+        };
+        let budget = 4096;
+        let (b, left_out) = p.encode(budget);
+        assert!(b.len() <= budget, "{} bytes", b.len());
+        let back = ResumePoint::decode(&b, 256).unwrap();
+        assert!(!back.groups.is_empty());
+        assert_eq!(back.groups.len() + left_out, 400);
+        // The kept groups are the first ones, whole, and nothing else.
+        assert_eq!(back.groups, p.groups[..back.groups.len()]);
+        // A group after one that did not fit is kept if it fits.
+        let mut q = p.clone();
+        q.groups.truncate(back.groups.len());
+        let big = GroupMarks {
+            group: "x".repeat(5000),
+            runs: vec![],
+            stream: vec![],
+        };
+        q.groups.insert(0, big);
+        let (b, left_out) = q.encode(budget);
+        assert_eq!(left_out, 1);
+        assert_eq!(
+            ResumePoint::decode(&b, 8192).unwrap().groups,
+            p.groups[..back.groups.len()]
+        );
+        // Too small for anything but the empty point.
+        let (b, left_out) = p.encode(HEAD);
+        assert_eq!((b.len(), left_out), (HEAD, 400));
     }
 
     #[test]
