@@ -194,6 +194,9 @@ pub struct BrokerMetrics {
     pub redundant_links: Counter,
     /// Times the client dropped messages this node did not take in time.
     pub slow_consumer: Counter,
+    /// From a batch taken from the outbox to the broker having all of it
+    /// (the stream's acknowledgements, or a flush without JetStream).
+    pub publish_seconds: Histogram,
     skipped: Family<Labels, Counter>,
     retries: Family<Labels, Counter>,
 }
@@ -239,7 +242,14 @@ impl BrokerMetrics {
         for r in Self::RETRIES {
             let _ = retries.get_or_create(&vec![("reason", r.to_owned())]);
         }
+        let publish_seconds = latency_histogram();
+        registry.register(
+            "broker_publish_seconds",
+            "From a batch taken for the broker to the broker holding all of it (JetStream's acknowledgements, or a flush without JetStream)",
+            publish_seconds.clone(),
+        );
         Self {
+            publish_seconds,
             up: g(registry, "broker_up", "1 while the connection to the NATS broker works"),
             jetstream: g(
                 registry,

@@ -328,6 +328,48 @@ pub async fn backplane_sent(addr: std::net::SocketAddr) -> Option<(u64, u64, u64
     ))
 }
 
+/// A histogram's cumulative buckets `(le, count)` from a node's metrics,
+/// summed over its series (`+Inf` last).
+pub async fn histogram(addr: std::net::SocketAddr, name: &str) -> Option<Vec<(f64, u64)>> {
+    let text = metrics(addr).await.ok()?;
+    let prefix = format!("{name}_bucket{{");
+    let mut buckets: Vec<(f64, u64)> = Vec::new();
+    for l in text.lines().filter(|l| l.starts_with(&prefix)) {
+        let le = l.split("le=\"").nth(1)?.split('"').next()?;
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().ok()?
+        };
+        let n: u64 = l.rsplit(' ').next()?.parse().ok()?;
+        match buckets.iter_mut().find(|b| b.0 == le) {
+            Some(b) => b.1 += n,
+            None => buckets.push((le, n)),
+        }
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    (!buckets.is_empty()).then_some(buckets)
+}
+
+/// The bucket bound at or under which `q` of what was observed between
+/// two readings of one histogram lies: an upper bound of the quantile.
+/// None when nothing was observed.
+pub fn bucket_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> Option<f64> {
+    let count = |h: &[(f64, u64)], le: f64| h.iter().find(|b| b.0 == le).map_or(0, |b| b.1);
+    let total = after
+        .last()?
+        .1
+        .saturating_sub(before.last().map_or(0, |b| b.1));
+    if total == 0 {
+        return None;
+    }
+    let want = (q * total as f64).ceil() as u64;
+    after
+        .iter()
+        .find(|(le, n)| n.saturating_sub(count(before, *le)) >= want)
+        .map(|b| b.0)
+}
+
 /// CPU seconds (user + system) the process has used, from /proc.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

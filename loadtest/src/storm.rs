@@ -188,6 +188,10 @@ pub struct Report {
     /// Broker runs: the nodes' resume and de-duplication counters at the
     /// end, summed over nodes.
     pub broker_counters: serde_json::Value,
+    /// Broker runs: how long the emitting node's batches took to be held
+    /// by the broker (acknowledged by JetStream, or flushed), p50 and p99
+    /// in milliseconds, as the upper bound of their histogram bucket.
+    pub broker_publish_ms: Option<(f64, f64)>,
     /// Whether the broker was killed and started again during the run
     /// (the cluster's CPU is then not measured: the broker's pid changed).
     pub broker_restarted: bool,
@@ -288,6 +292,10 @@ impl Report {
             "node_losses": self.node_losses,
             "broker_counters": self.broker_counters,
             "broker_restarted": self.broker_restarted,
+            "broker_publish_ms": self.broker_publish_ms.map(|(p50, p99)| serde_json::json!({
+                "p50_at_most": p50,
+                "p99_at_most": p99,
+            })),
             "drift": self.drift(),
             "timeline": self.timeline.iter().map(|s| serde_json::json!({
                 "t": s.t,
@@ -500,6 +508,11 @@ fn print_table(scenario: &str, shape: Shape, opts: &RunOptions, reports: &[Repor
                 "       backplane out of the emitting node: {e:.0} events/s, {:.1} MB/s, {:.1} events/message",
                 b / 1e6,
                 r.backplane_events_per_message.unwrap_or(0.0)
+            );
+        }
+        if let Some((p50, p99)) = r.broker_publish_ms {
+            println!(
+                "       broker publish (taken to acknowledged): p50 <= {p50} ms, p99 <= {p99} ms (histogram bucket bounds)"
             );
         }
         if r.broker_restarted {
@@ -720,6 +733,12 @@ async fn once(
     } else {
         node::backplane_sent(addr).await
     };
+    const PUBLISH: &str = "wsrelay_broker_publish_seconds";
+    let publish0 = if broker.is_some() {
+        node::histogram(addr, PUBLISH).await
+    } else {
+        None
+    };
     let gen_threads = pool.thread_ids();
     let gen0 = (
         own_cpu(),
@@ -819,6 +838,15 @@ async fn once(
     } else {
         None
     };
+    let publish1 = if publish0.is_some() {
+        node::histogram(addr, PUBLISH).await
+    } else {
+        None
+    };
+    let broker_publish_ms = publish0.zip(publish1).and_then(|(a, b)| {
+        let q = |q| node::bucket_quantile(&a, &b, q).map(|s| s * 1e3);
+        q(0.5).zip(q(0.99))
+    });
     pool.measuring(false);
     let rss = rss_all().unwrap_or(0);
     let (job_events, status_events, produce_secs, producer_cpu) = producer
@@ -940,6 +968,7 @@ async fn once(
         node_losses: serde_json::Value::Object(node_losses),
         broker_counters: serde_json::Value::Object(broker_counters),
         broker_restarted,
+        broker_publish_ms,
         backplane_events_per_sec: backplane0
             .zip(backplane1)
             .map(|(a, b)| (b.0 - a.0) as f64 / secs),

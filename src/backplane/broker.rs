@@ -837,6 +837,7 @@ async fn publish(
         }
         let use_js = stream.borrow().is_some();
         let losses_before = *losses.borrow_and_update();
+        let started = Instant::now();
         let result = async {
             let mut acks = Vec::with_capacity(msgs.len());
             for msg in &msgs {
@@ -879,6 +880,9 @@ async fn publish(
         };
         match outcome {
             Ok(Ok(())) => {
+                ctx.m
+                    .publish_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 acked = last;
                 sink.ack(acked);
             }
