@@ -18,11 +18,12 @@ mkdir -p "$out"
 export WSRELAY_BIN=$bin/wsrelay
 echo "== machine: $(nproc) cores, $(uname -r),$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), open files $(ulimit -Hn)"
 t0=$(date +%s)
-# Each run: io_uring, 4 s measured after 1 s; the tables, not the JSON, to stdout.
+# Each run: io_uring, 4 s measured (DURATION=N for another) after 1 s; the
+# tables, not the JSON, to stdout.
 lt() {
     local name=$1
     shift
-    timeout 150 "$bin/loadtest" "$@" --io uring --duration 4 --warmup 1 --json "$out/$name.json" \
+    timeout 150 "$bin/loadtest" "$@" --io uring --duration "${DURATION:-4}" --warmup 1 --json "$out/$name.json" \
         >"$out/$name.txt" 2>&1
     sed -n '/^[a-z]*: [0-9]* jobs/,$p' "$out/$name.txt" | grep -v '^{'
 }
@@ -65,6 +66,11 @@ for n in 2 4 8; do
         lt "cluster-$b-$n" cluster --backplane "$b" --nodes "$n" --viewers $((10 * (n - 1))) --rate 20000
     done
 done
+# The goal as the issue words it: 10 viewers on each of the 8 nodes, the
+# emitting one too, 10 s measured (a 4 s window is dominated by its first
+# second, the broker's warm-up; the report's timeline has every second).
+echo "== cluster: the goal: 8 nodes over nats, 10 viewers on every node, 20,000 events/s, 10 s"
+DURATION=10 lt cluster-nats-8-goal cluster --backplane nats --nodes 8 --viewers 80 --viewers-on-every-node --rate 20000
 echo "== cluster: 8 nodes over nats, the broker SIGKILLed 2 s in and restarted (64 MiB client queues)"
 lt cluster-nats-8-restart cluster --backplane nats --nodes 8 --viewers 70 --rate 20000 \
     --broker-restart-at 2 --node-arg=--queue-bytes=67108864

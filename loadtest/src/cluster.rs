@@ -7,6 +7,7 @@
 //! the mesh; its CPU counts in the cluster's. `--broker-restart-at N`
 //! kills the broker N seconds into the measured window and starts it again
 //! with its store: the report then shows the loss and the nodes' resumes.
+//! `--viewers-on-every-node` puts clients on the emitting node as well.
 
 use crate::storm::{run_scenario, ClusterSpec, RunOptions, Shape};
 
@@ -21,6 +22,11 @@ pub struct Options {
     /// Viewers per job, spread over the non-emitting nodes
     #[arg(long, default_value_t = 10)]
     pub viewers: usize,
+    /// Spread the clients over every node, the emitting one too (its
+    /// viewers' events do not cross the backplane): "10 viewers per node"
+    /// as an operator counts them
+    #[arg(long)]
+    pub viewers_on_every_node: bool,
     /// Clients on jobs-status_changed
     #[arg(long, default_value_t = 0)]
     pub watchers: usize,
@@ -58,6 +64,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         backplane: opts.backplane.clone(),
         broker_restart_at: opts.broker_restart_at,
         broker_down_ms: opts.broker_down_ms,
+        viewers_on_every_node: opts.viewers_on_every_node,
     });
     if opts.broker_restart_at > 0 && opts.backplane != "nats" {
         anyhow::bail!("--broker-restart-at needs --backplane nats");

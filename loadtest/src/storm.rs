@@ -124,6 +124,9 @@ pub struct ClusterSpec {
     /// store, after `broker_down_ms`.
     pub broker_restart_at: u64,
     pub broker_down_ms: u64,
+    /// Clients on every node, the emitting one included (otherwise on the
+    /// others only, so every delivery crosses the backplane).
+    pub viewers_on_every_node: bool,
 }
 
 /// The storm's shape.
@@ -284,6 +287,7 @@ impl Report {
             "syscalls_per_delivery": self.syscalls_per_delivery,
             "uring_submissions_per_delivery": self.uring_submissions_per_delivery,
             "nodes": opts.cluster.as_ref().map_or(1, |c| c.nodes),
+            "viewers_on_every_node": opts.cluster.as_ref().map(|c| c.viewers_on_every_node),
             "peer_protocol": opts.cluster.as_ref().map(|c| c.protocol.clone()),
             "backplane": opts.cluster.as_ref().map(|c| c.backplane.clone()),
             "backplane_events_per_sec": self.backplane_events_per_sec,
@@ -641,8 +645,16 @@ async fn once(
     };
     let addr = node.addr;
     // Clients go to the nodes that do not emit, when there are any.
+    let every_node = opts
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.viewers_on_every_node);
     let client_addrs: Vec<SocketAddr> = if others.is_empty() {
         vec![addr]
+    } else if every_node {
+        std::iter::once(addr)
+            .chain(others.iter().map(|n| n.addr))
+            .collect()
     } else {
         others.iter().map(|n| n.addr).collect()
     };

@@ -448,6 +448,45 @@ fn cluster_is_lossless_across_the_backplane_in_both_protocols() {
 }
 
 #[test]
+fn viewers_on_every_node_put_clients_on_the_emitting_node_too() {
+    // Two nodes, one viewer: with the flag it sits on the emitting node (the
+    // first client goes to the first node), so the backplane has nothing
+    // to carry (links send only what a peer's clients hold); without it the
+    // viewer is on the other node and every event crosses. All delivered
+    // either way.
+    let one = |viewers: &str, every: bool| {
+        let mut args = vec![
+            "cluster",
+            "--nodes",
+            "2",
+            "--viewers",
+            viewers,
+            "--rate",
+            "300",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--io",
+            "epoll",
+        ];
+        if every {
+            args.push("--viewers-on-every-node");
+        }
+        run(&format!("cluster-every-{viewers}-{every}"), &args)
+    };
+    let alone = one("1", true);
+    check_runs(&alone, &["epoll"], 300);
+    let r = &alone["runs"][0];
+    assert_eq!(r["viewers_on_every_node"], true, "{r}");
+    assert_eq!(r["backplane_events_per_sec"].as_f64().unwrap(), 0.0, "{r}");
+    let across = one("1", false);
+    check_runs(&across, &["epoll"], 300);
+    let r = &across["runs"][0];
+    assert!(r["backplane_events_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+}
+
+#[test]
 fn cluster_over_a_nats_broker_is_lossless_and_sends_each_event_once() {
     // With JetStream (the default), and on core NATS (a replay window of
     // 0: no stream, publishes flushed rather than acknowledged, and the
