@@ -26,6 +26,8 @@ lt() {
     timeout 150 "$bin/loadtest" "$@" --io uring --duration "${DURATION:-4}" --warmup 1 --json "$out/$name.json" \
         >"$out/$name.txt" 2>&1
     sed -n '/^[a-z]*: [0-9]* jobs/,$p' "$out/$name.txt" | grep -v '^{'
+    # Each step's verdict, with the machine's busy and stolen share.
+    grep -a ' step [0-9]*: ' "$out/$name.txt" | sed 's/.*\r//'
 }
 
 if want bench; then

@@ -379,6 +379,39 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// The whole machine's CPU clock ticks so far, from the `cpu` line of
+/// /proc/stat: (busy, steal, all). Busy counts steal (time the hypervisor
+/// gave to other guests is time this run did not get); guest time is
+/// already inside user and is not added twice.
+pub fn host_ticks() -> Option<(u64, u64, u64)> {
+    host_ticks_of(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn host_ticks_of(stat: &str) -> Option<(u64, u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = f[..] else {
+        return None;
+    };
+    let busy = user + nice + system + irq + softirq + steal;
+    Some((busy, steal, busy + idle + iowait))
+}
+
+/// Between two host readings: (busy, steal) as percentages of the whole
+/// machine (100 = every core busy).
+pub fn host_percent(a: (u64, u64, u64), b: (u64, u64, u64)) -> Option<(f64, f64)> {
+    let all = b.2.checked_sub(a.2).filter(|&t| t > 0)? as f64;
+    let busy = b.0.saturating_sub(a.0) as f64;
+    let steal = b.1.saturating_sub(a.1) as f64;
+    Some((busy / all * 100.0, steal / all * 100.0))
+}
+
 /// CPU seconds a process's threads have used, by kind: the node's workers
 /// (`wsrelay-worker-*`), io_uring's kernel workers (`iou-wrk-*`,
 /// `iou-sqp-*`, counted in the process), and everything else.
@@ -587,4 +620,37 @@ pub fn start_inproc(io: &str, workers: usize) -> anyhow::Result<(wsrelay::Node, 
             pid: std::process::id(),
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ticks_count_steal_as_busy_and_guest_once() {
+        // A /proc/stat head as Linux 6.18 writes it (two vCPUs, some steal,
+        // guest columns present).
+        let stat = "cpu  60987 5 13295 52943 693 7 1307 2446 100 0\n\
+                    cpu0 29589 0 6367 27985 75 0 598 1191 0 0\n";
+        let (busy, steal, all) = host_ticks_of(stat).expect("parsed");
+        assert_eq!(busy, 60987 + 5 + 13295 + 7 + 1307 + 2446);
+        assert_eq!(steal, 2446);
+        assert_eq!(all, busy + 52943 + 693);
+        let later = (busy + 150, steal + 30, all + 200);
+        let (b, s) = host_percent((busy, steal, all), later).expect("window");
+        assert!(
+            (b - 75.0).abs() < 1e-9 && (s - 15.0).abs() < 1e-9,
+            "{b} {s}"
+        );
+        // No time passed, or a line that is not /proc/stat's: no figure.
+        assert_eq!(host_percent(later, later), None);
+        assert_eq!(host_ticks_of("intr 1 2 3\n"), None);
+        assert_eq!(host_ticks_of("cpu  1 2 x 4 5 6 7 8\n"), None);
+    }
+
+    #[test]
+    fn host_ticks_read_this_machine() {
+        let (busy, steal, all) = host_ticks().expect("/proc/stat readable");
+        assert!(busy <= all && steal <= busy, "{busy} {steal} {all}");
+    }
 }

@@ -152,7 +152,8 @@ pub struct Report {
     pub producer_cpu_percent: f64,
     /// Which side ran out first: "node", "generator" (a thread of it near a
     /// whole core, or the producer behind its schedule), both, "host" (the
-    /// two together filled every core), or neither.
+    /// two together filled every core, or the machine was 85% busy), or
+    /// neither.
     pub saturated: String,
     /// The node's CPU by thread kind: its workers, io_uring's kernel
     /// workers, the rest.
@@ -175,6 +176,11 @@ pub struct Report {
     pub lost: u64,
     pub duplicates: u64,
     pub server_cpu_percent: f64,
+    /// The whole machine over the measured window, from /proc/stat: busy
+    /// (steal included) and steal alone, as percentages of every core
+    /// together (100 = all busy).
+    pub host_cpu_percent: Option<f64>,
+    pub host_steal_percent: Option<f64>,
     pub server_rss_bytes: u64,
     pub syscalls_per_delivery: Option<f64>,
     pub uring_submissions_per_delivery: Option<f64>,
@@ -248,6 +254,15 @@ impl Report {
         self.saturated.contains("generator")
     }
 
+    /// The machine's share of the window, for the console: "87% busy,
+    /// 11% stolen", or "not read" off Linux.
+    fn host_summary(&self) -> String {
+        match (self.host_cpu_percent, self.host_steal_percent) {
+            (Some(busy), Some(steal)) => format!("{busy:.0}% busy, {steal:.0}% stolen"),
+            _ => "not read".to_owned(),
+        }
+    }
+
     /// CPU seconds the node spent per million deliveries.
     pub fn cpu_per_million(&self) -> f64 {
         self.server_cpu_percent / 100.0 / (self.deliveries_per_sec / 1e6).max(1e-9)
@@ -283,6 +298,8 @@ impl Report {
             "lost": self.lost,
             "duplicates": self.duplicates,
             "server_cpu_percent": self.server_cpu_percent,
+            "host_cpu_percent": self.host_cpu_percent,
+            "host_steal_percent": self.host_steal_percent,
             "server_rss_bytes": self.server_rss_bytes,
             "syscalls_per_delivery": self.syscalls_per_delivery,
             "uring_submissions_per_delivery": self.uring_submissions_per_delivery,
@@ -387,13 +404,14 @@ pub fn run_scenario(
                     Err(e) => return Err(e),
                 };
                 eprintln!(
-                "{scenario} {io} w{workers} step {step}: {rate} ev/s (achieved {:.0}) -> {:.0} deliveries/s, p99 {:.2} ms, lost {}, dups {}, saturated: {}",
+                "{scenario} {io} w{workers} step {step}: {rate} ev/s (achieved {:.0}) -> {:.0} deliveries/s, p99 {:.2} ms, lost {}, dups {}, saturated: {} (host {})",
                 report.achieved_rate,
                 report.deliveries_per_sec,
                 report.p99_us as f64 / 1000.0,
                 report.lost,
                 report.duplicates,
                 report.saturated,
+                report.host_summary(),
             );
                 let clean = report.clean(opts.p99_bound_ms);
                 let generator = report.generator_saturated();
@@ -779,6 +797,7 @@ async fn once(
     };
     let batch0 = batching().await;
     let (t0, r0, cpu0, each0) = (Instant::now(), pool.received(), cpu_all(), per_node());
+    let host0 = node::host_ticks();
     let restart = opts
         .cluster
         .as_ref()
@@ -827,6 +846,9 @@ async fn once(
     }
     eprintln!();
     let (t1, r1, cpu1, each1) = (Instant::now(), pool.received(), cpu_all(), per_node());
+    let host = host0
+        .zip(node::host_ticks())
+        .and_then(|(a, b)| node::host_percent(a, b));
     let broker_restarted = restarting.is_some();
     if let Some(r) = restarting {
         broker = Some(r.await??);
@@ -940,9 +962,11 @@ async fn once(
     if closed > 0 {
         sat.push("clients-closed");
     }
-    // Node and generator together near every core: neither had room, and
-    // the figures are the machine's, not either side's.
-    if sat.is_empty() && node_cpu + generator_cpu >= 85.0 * cores {
+    // Node and generator together near every core, or the machine as a
+    // whole (other processes, the hypervisor's steal) near full: neither
+    // side had room, and the figures are the machine's, not either side's.
+    let host_full = host.is_some_and(|(busy, _)| busy >= 85.0);
+    if sat.is_empty() && (node_cpu + generator_cpu >= 85.0 * cores || host_full) {
         sat.push("host");
     }
     let saturated = if sat.is_empty() {
@@ -974,6 +998,8 @@ async fn once(
         lost: expected.saturating_sub(received) + gaps,
         duplicates,
         server_cpu_percent: node_cpu,
+        host_cpu_percent: host.map(|h| h.0),
+        host_steal_percent: host.map(|h| h.1),
         server_rss_bytes: rss,
         syscalls_per_delivery: counters.map(|(s, _)| s as f64 / delivered.max(1.0)),
         uring_submissions_per_delivery: counters.map(|(_, u)| u as f64 / delivered.max(1.0)),

@@ -67,6 +67,13 @@ fn check_runs(report: &serde_json::Value, expect_drivers: &[&str], expected_each
         for q in ["p50", "p90", "p99", "p999", "max"] {
             assert!(r["latency_us"][q].as_u64().unwrap() > 0, "{r}");
         }
+        // The machine's own reading: the run itself kept it above idle,
+        // and no share can pass the whole machine.
+        let host = r["host_cpu_percent"].as_f64().expect("host_cpu_percent");
+        let steal = r["host_steal_percent"]
+            .as_f64()
+            .expect("host_steal_percent");
+        assert!(host > 0.0 && host <= 100.0 && steal <= host, "{r}");
         assert_eq!(r["lost"], 0, "{r}");
         assert_eq!(r["duplicates"], 0, "{r}");
         assert_eq!(r["expected"], expected_each, "{r}");
