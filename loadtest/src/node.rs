@@ -259,12 +259,15 @@ pub async fn start_cluster(
     Ok((first, nodes, None))
 }
 
+/// Clients a node closed as slow consumers: report key, metric prefix.
+pub const SLOW_CONSUMER_CLOSES: (&str, &str) = (
+    "slow_consumer_closes",
+    "wsrelay_server_closes_total{reason=\"slow_consumer\"}",
+);
+
 /// Counters that say where a run lost events: report key, metric prefix.
 pub const LOSS_COUNTERS: [(&str, &str); 6] = [
-    (
-        "slow_consumer_closes",
-        "wsrelay_server_closes_total{reason=\"slow_consumer\"}",
-    ),
+    SLOW_CONSUMER_CLOSES,
     ("events_dropped", "wsrelay_events_dropped_total"),
     ("backplane_evicted", "wsrelay_backplane_evicted_total{"),
     (

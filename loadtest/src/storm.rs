@@ -192,7 +192,8 @@ pub struct Report {
     /// its links, per broker message through NATS.
     pub backplane_events_per_message: Option<f64>,
     /// The nodes' loss counters at the end (slow-consumer closes, events
-    /// dropped, backplane evictions), summed over nodes.
+    /// dropped, backplane evictions), summed over nodes; in a cluster also
+    /// `slow_consumer_closes_by_node`, the emitting node first.
     pub node_losses: serde_json::Value,
     /// Broker runs: the nodes' resume and de-duplication counters at the
     /// end, summed over nodes.
@@ -530,6 +531,16 @@ fn print_table(scenario: &str, shape: Shape, opts: &RunOptions, reports: &[Repor
                 "       backplane out of the emitting node: {e:.0} events/s, {:.1} MB/s, {:.1} events/message",
                 b / 1e6,
                 r.backplane_events_per_message.unwrap_or(0.0)
+            );
+        }
+        if let Some(by_node) = r.node_losses["slow_consumer_closes_by_node"]
+            .as_array()
+            .filter(|_| r.node_losses["slow_consumer_closes"].as_u64() > Some(0))
+        {
+            let list: Vec<String> = by_node.iter().map(|v| v.to_string()).collect();
+            println!(
+                "       slow-consumer closes by node (the emitting node first): {}",
+                list.join(", ")
             );
         }
         if let Some((p50, p99)) = r.broker_publish_ms {
@@ -896,13 +907,27 @@ async fn once(
     let mut node_losses = serde_json::Map::new();
     let mut broker_counters = serde_json::Map::new();
     if opts.target == "wsrelay" {
+        // In a cluster, which node closed its clients too: one node behind
+        // (its viewers starved, or its backplane input late) reads apart
+        // from all of them behind.
+        let mut closes_by_node = Vec::new();
         for a in std::iter::once(addr).chain(others.iter().map(|n| n.addr)) {
+            let mut own = serde_json::Map::new();
             if let Ok(text) = node::metrics(a).await {
                 if broker.is_some() {
                     add_counters(&mut broker_counters, &text, &node::BROKER_COUNTERS);
                 }
                 add_counters(&mut node_losses, &text, &node::LOSS_COUNTERS);
+                add_counters(&mut own, &text, &[node::SLOW_CONSUMER_CLOSES]);
             }
+            let key = node::SLOW_CONSUMER_CLOSES.0;
+            closes_by_node.push(own.get(key).cloned().unwrap_or(0.into()));
+        }
+        if !others.is_empty() {
+            node_losses.insert(
+                "slow_consumer_closes_by_node".to_owned(),
+                serde_json::Value::Array(closes_by_node),
+            );
         }
     }
     let secs = (t1 - t0).as_secs_f64();

@@ -444,6 +444,13 @@ fn cluster_is_lossless_across_the_backplane_in_both_protocols() {
         check_runs(&report, &["epoll"], 300 * 4 + 30 * 2);
         let r = &report["runs"][0];
         assert_eq!(r["nodes"], 3, "{r}");
+        // One close count per node, the emitting node first; a clean run
+        // closed nobody anywhere.
+        assert_eq!(
+            r["node_losses"]["slow_consumer_closes_by_node"],
+            serde_json::json!([0, 0, 0]),
+            "{r}"
+        );
         assert_eq!(r["peer_protocol"], protocol, "{r}");
         assert!(r["backplane_events_per_sec"].as_f64().unwrap() > 0.0, "{r}");
         assert!(r["backplane_bytes_per_sec"].as_f64().unwrap() > 0.0, "{r}");
