@@ -155,6 +155,19 @@ async fn the_status_page_shows_a_storm_live_in_a_browser() {
     );
     assert_eq!(seen["console_errors"], json!([]), "the page ran clean");
     assert_eq!(
+        seen["failed_responses"],
+        json!([]),
+        "every resource of the page loaded"
+    );
+    // The refusal was a real 401 on the page itself.
+    let refused = seen["refusal_failed_responses"].as_array().expect("list");
+    assert!(
+        refused.iter().any(|r| r
+            .as_str()
+            .is_some_and(|r| r.starts_with("401 ") && r.ends_with("/status"))),
+        "{seen}"
+    );
+    assert_eq!(
         seen["requests_elsewhere"],
         json!([]),
         "nothing loaded from elsewhere"

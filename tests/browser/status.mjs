@@ -24,24 +24,38 @@ const browser = await chromium.launch({
     "--disable-sync",
   ],
 });
-const out = { console_errors: [], requests_elsewhere: [] };
+const out = { console_errors: [], failed_responses: [], requests_elsewhere: [] };
 try {
+  // Without the key: refused, and the page says so. In a page of its own,
+  // closed before the real one opens: the browser may also ask for
+  // /favicon.ico for that bare JSON answer (a 404) at any moment after the
+  // load, and that error belongs to the refusal, not to the page under test.
+  const watchElsewhere = (p) =>
+    p.on("request", (r) => {
+      const u = new URL(r.url());
+      if (u.host !== new URL(base).host) out.requests_elsewhere.push(r.url());
+    });
+  const probe = await browser.newPage();
+  watchElsewhere(probe);
+  out.refusal_failed_responses = [];
+  probe.on("response", (r) => {
+    if (r.status() >= 400) out.refusal_failed_responses.push(`${r.status()} ${r.url()}`);
+  });
+  const refused = await probe.goto(`${base}/status`);
+  out.without_key_status = refused.status();
+  out.without_key_text = await probe.textContent("body");
+  await probe.close();
+
   const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
   page.on("console", (m) => {
     if (m.type() === "error") out.console_errors.push(m.text());
   });
   page.on("pageerror", (e) => out.console_errors.push(String(e)));
-  page.on("request", (r) => {
-    const u = new URL(r.url());
-    if (u.host !== new URL(base).host) out.requests_elsewhere.push(r.url());
+  // The console names no URL for a failed load; this list does.
+  page.on("response", (r) => {
+    if (r.status() >= 400) out.failed_responses.push(`${r.status()} ${r.url()}`);
   });
-
-  // Without the key: refused, and the page says so.
-  const refused = await page.goto(`${base}/status`);
-  out.without_key_status = refused.status();
-  out.without_key_text = await page.textContent("body");
-  // That refusal is the only error the browser should log.
-  out.console_errors = [];
+  watchElsewhere(page);
 
   await page.goto(`${base}/status?key=${encodeURIComponent(key)}`);
   const number = async (id) => {
