@@ -588,3 +588,53 @@ async fn messages_filled_to_the_brokers_max_payload_are_all_published() {
         "{messages} messages for {total} events of up to 500 B"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_made_beforehand_with_a_smaller_message_limit_is_published_to_within_it() {
+    // An operator made the stream first and capped its messages at 4 KiB,
+    // far under the server's max_payload. The stream refuses to store a
+    // message over its cap on every attempt (live subscribers still get
+    // it: core NATS carries it before the stream looks): built to the
+    // server's limit alone, the first batch was retried forever and
+    // nothing after it got through.
+    let nats = NatsServer::start(true);
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "WSRELAY".into(),
+        subjects: vec!["wsrelay.g.>".into()],
+        max_message_size: 4096,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (a, b) = (broker_node("a", &nats), broker_node("b", &nats));
+    broker_ready(&a, true).await;
+    broker_ready(&b, true).await;
+    let mut ws = connect(b.addr, &token(1)).await;
+    subscribe(&mut ws, json!({"job_events": [1]})).await;
+    let total = 600u64;
+    for start in (0..total).step_by(100) {
+        let chunk: Vec<_> = (start..start + 100)
+            .map(|n| {
+                let pad = "x".repeat(200 + (n as usize * 53) % 300);
+                ("job_events-1".to_owned(), json!({"n": n, "pad": pad}))
+            })
+            .collect();
+        emit_batch(a.addr, &chunk).await;
+    }
+    for want in 0..total {
+        assert_eq!(next_n(&mut ws).await, want);
+    }
+    assert_eq!(metric(a.addr, "wsrelay_broker_events_lost_total").await, 0);
+    // At least one message per 4 KiB of the events' bytes (about 250 KB).
+    let messages = metric(a.addr, "wsrelay_broker_messages_published_total").await;
+    assert!(
+        messages >= 60,
+        "{messages} messages for {total} events of up to 550 B"
+    );
+    // And the stream holds every one of them: what a replay would read.
+    let stream = js.get_stream("WSRELAY").await.unwrap();
+    let info = stream.cached_info();
+    assert_eq!(info.config.max_message_size, 4096);
+    assert_eq!(info.state.messages, messages);
+}

@@ -439,6 +439,39 @@ pub fn messages(
     (done, too_big)
 }
 
+/// The publish round of each message (`msgs` as `messages` builds them):
+/// a group's n-th message of the batch goes in round n. Each round is
+/// acknowledged before the next starts, so a group's later message is
+/// never stored while an earlier one is refused: a node replaying the
+/// stream would drop the earlier one's resend as seen (its per-group mark
+/// has passed it). Batches under the server's `max_payload` make one
+/// message per group, and so one round.
+pub fn rounds(msgs: &[Outgoing]) -> Vec<usize> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    msgs.iter()
+        .map(|m| {
+            let n = seen.entry(&m.group).or_insert(0);
+            *n += 1;
+            *n - 1
+        })
+        .collect()
+}
+
+/// The largest body the broker will store, as `message_budget` reckons
+/// it: the server's `max_payload`, or the stream's own `max_msg_size`
+/// where the stream (one an operator made beforehand, say) sets a smaller
+/// one. Over it, the stream refuses every attempt, and the publisher
+/// would retry the same batch forever.
+fn budget(client: &Client, stream: Option<&jetstream::stream::Stream>) -> usize {
+    let server = client.server_info().max_payload;
+    let limit = stream
+        .map(|s| s.cached_info().config.max_message_size)
+        .and_then(|m| usize::try_from(m).ok())
+        .filter(|m| *m > 0)
+        .map_or(server, |m| m.min(server));
+    message_budget(limit)
+}
+
 /// The running broker backplane: a thread of its own, stopped on drop.
 pub struct Broker {
     stop: watch::Sender<bool>,
@@ -825,7 +858,8 @@ async fn publish(
         let Some(last) = batch.last().map(|p| p.seq) else {
             continue;
         };
-        let max = message_budget(client.server_info().max_payload);
+        let js_stream = stream.borrow().clone();
+        let max = budget(&client, js_stream.as_ref());
         let (msgs, too_big) = messages(&ctx.bp.node_id, ctx.bp.incarnation, &batch, max);
         if too_big > 0 {
             ctx.m.lost.inc_by(too_big as u64);
@@ -835,35 +869,44 @@ async fn publish(
                 "broker: events bigger than the broker's largest message were not published"
             );
         }
-        let use_js = stream.borrow().is_some();
+        let use_js = js_stream.is_some();
+        let round_of = rounds(&msgs);
+        let last_round = round_of.iter().copied().max().unwrap_or(0);
         let losses_before = *losses.borrow_and_update();
         let started = Instant::now();
         let result = async {
-            let mut acks = Vec::with_capacity(msgs.len());
-            for msg in &msgs {
-                let subject = subject(&s.prefix, &msg.group);
-                let body = seal(ctx.secret.as_bytes(), &subject, &msg.body);
-                let len = body.len() as u64;
-                if use_js {
-                    let mut headers = HeaderMap::new();
-                    // The stream drops a resend it already holds.
-                    headers.insert(
-                        "Nats-Msg-Id",
-                        msg_id(&ctx.bp.node_id, ctx.bp.incarnation, msg).as_str(),
-                    );
-                    acks.push(js.publish_with_headers(subject, headers, body).await?);
-                } else {
-                    client.publish(subject, body).await?;
+            // Without a stream nothing is stored, so nothing can be stored
+            // out of order: one pass, then a flush.
+            for round in 0..=(if use_js { last_round } else { 0 }) {
+                let mut acks = Vec::with_capacity(msgs.len());
+                for (msg, _) in msgs
+                    .iter()
+                    .zip(&round_of)
+                    .filter(|(_, r)| !use_js || **r == round)
+                {
+                    let subject = subject(&s.prefix, &msg.group);
+                    let body = seal(ctx.secret.as_bytes(), &subject, &msg.body);
+                    let len = body.len() as u64;
+                    if use_js {
+                        let mut headers = HeaderMap::new();
+                        // The stream drops a resend it already holds.
+                        headers.insert(
+                            "Nats-Msg-Id",
+                            msg_id(&ctx.bp.node_id, ctx.bp.incarnation, msg).as_str(),
+                        );
+                        acks.push(js.publish_with_headers(subject, headers, body).await?);
+                    } else {
+                        client.publish(subject, body).await?;
+                    }
+                    ctx.m.messages_published.inc();
+                    ctx.m.events_published.inc_by(msg.events as u64);
+                    ctx.m.bytes_published.inc_by(len);
                 }
-                ctx.m.messages_published.inc();
-                ctx.m.events_published.inc_by(msg.events as u64);
-                ctx.m.bytes_published.inc_by(len);
-            }
-            if use_js {
                 for ack in acks {
                     ack.await?;
                 }
-            } else {
+            }
+            if !use_js {
                 client.flush().await?;
             }
             Ok::<(), async_nats::Error>(())
@@ -880,19 +923,39 @@ async fn publish(
         };
         match outcome {
             Ok(Ok(())) => {
+                if started.elapsed() > Duration::from_millis(30) {
+                    tracing::warn!(
+                        ms = started.elapsed().as_millis() as u64,
+                        msgs = msgs.len(),
+                        events = batch.len(),
+                        "DEBUG slow publish"
+                    );
+                }
                 ctx.m
                     .publish_seconds
                     .observe(started.elapsed().as_secs_f64());
                 acked = last;
                 sink.ack(acked);
             }
-            Ok(Err(e))
-                if too_large(&*e) && message_budget(client.server_info().max_payload) == max =>
-            {
+            Ok(Err(e)) if too_large(&*e) => {
+                // The stream's limit may have been lowered since it was
+                // found: read again, the next attempt is built to it.
+                if let Some(mut js_stream) = js_stream {
+                    if let Ok(Ok(_)) = tokio::time::timeout(s.ack_timeout, js_stream.info()).await {
+                        *stream.borrow_mut() = Some(js_stream);
+                    }
+                }
+                let now = budget(&client, stream.borrow().as_ref());
+                if now != max {
+                    tracing::warn!(error = %e, was = max, now, "broker: its largest message changed; resending in messages that fit");
+                    ctx.m.retry("error");
+                    sink.connected(Some(acked));
+                    continue;
+                }
                 // Not a passing fault: the same messages would be refused
                 // again, forever, and hold up everything behind them. Cannot
-                // happen while `message_budget` is right; counted if it does.
-                tracing::error!(error = %e, events = batch.len(), max, "broker refused a message as too large for its max_payload; its batch is counted as lost");
+                // happen while `budget` is right; counted if it does.
+                tracing::error!(error = %e, events = batch.len(), max, "broker refused a message as too large for its max_payload or its stream's max_msg_size; its batch is counted as lost");
                 ctx.m.lost.inc_by(batch.len() as u64);
                 acked = last;
                 sink.ack(acked);
@@ -916,12 +979,17 @@ async fn publish(
 }
 
 /// Whether a publish failed because the message passed the server's
-/// `max_payload` (JetStream's and core NATS's errors both say so).
+/// `max_payload` (JetStream's and core NATS's errors both say so) or the
+/// stream's `max_msg_size` (the stream's refusal, code 10054).
 fn too_large(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
-    e.downcast_ref::<jetstream::context::PublishError>()
-        .is_some_and(|p| p.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded)
+    let js = e.downcast_ref::<jetstream::context::PublishError>();
+    js.is_some_and(|p| p.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded)
         || e.downcast_ref::<async_nats::PublishError>()
             .is_some_and(|p| p.kind() == async_nats::PublishErrorKind::MaxPayloadExceeded)
+        || js
+            .and_then(|p| std::error::Error::source(p))
+            .and_then(|s| s.downcast_ref::<jetstream::Error>())
+            .is_some_and(|j| j.error_code() == jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM)
 }
 
 /// Subscribes to the groups this node's clients hold, and registers with
@@ -1013,9 +1081,18 @@ async fn deliver(
     }
     let _ = saving.send(true);
     let mut lost_at: Option<Instant> = None;
+    let mut last_msg = Instant::now();
     while let Some(incoming) = rx.recv().await {
         match incoming {
             Incoming::Message(msg) => {
+                if last_msg.elapsed() > Duration::from_millis(50) {
+                    tracing::warn!(
+                        gap_ms = last_msg.elapsed().as_millis() as u64,
+                        queued = rx.len(),
+                        "DEBUG receive gap"
+                    );
+                }
+                last_msg = Instant::now();
                 if deliver_one(&ctx, &msg.subject, &msg.payload, false)
                     .await
                     .is_err()
@@ -1569,5 +1646,33 @@ mod tests {
         );
         let (msgs, too_big) = messages("n1", 7, &[pending(1, "a", &"x".repeat(5000))], 2048);
         assert_eq!((msgs.len(), too_big), (0, 1));
+    }
+
+    #[test]
+    fn a_groups_later_messages_wait_for_its_earlier_ones() {
+        // Three groups, "a" and "c" split by size: each message of a group
+        // in a round after the group's previous one, the other groups'
+        // first messages in the first round.
+        let batch: Vec<_> = (1..=12)
+            .map(|i| {
+                let g = ["a", "b", "a", "c"][i as usize % 4];
+                pending(i, g, &"x".repeat(500))
+            })
+            .collect();
+        let (msgs, _) = messages("n1", 7, &batch, 1024 + 1200);
+        let round_of = rounds(&msgs);
+        let mut last: HashMap<&str, (usize, u64)> = HashMap::new();
+        for (m, r) in msgs.iter().zip(&round_of) {
+            if let Some((prev, prev_seq)) = last.insert(&m.group, (*r, m.last_seq)) {
+                assert_eq!(*r, prev + 1, "group {}", m.group);
+                assert!(m.first_seq > prev_seq);
+            } else {
+                assert_eq!(*r, 0, "group {}", m.group);
+            }
+        }
+        assert!(round_of.iter().any(|r| *r > 0), "{round_of:?}");
+        // Under the limit: one message per group, one round.
+        let (msgs, _) = messages("n1", 7, &batch, 1 << 20);
+        assert_eq!(rounds(&msgs), vec![0, 0, 0]);
     }
 }
