@@ -818,7 +818,7 @@ impl Metrics {
         let delivery_rounds = per_worker_counter(
             &mut registry,
             "delivery_rounds",
-            "Rounds of a worker's delivery loop (one per inbox drain)",
+            "Rounds of a worker's delivery loop (one per inbox drain, or per slice of a backlog)",
         );
         let latency =
             Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);

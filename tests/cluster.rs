@@ -1095,3 +1095,33 @@ async fn a_peer_breaking_the_native_protocol_is_closed_with_1002_and_the_reason(
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_keeps_up_is_not_closed_for_a_burst_its_node_takes_in_at_once() {
+    // Small batches on the sender: one read of the link brings dozens of
+    // them, and the receiving worker's inbox holds several times what a
+    // client's queue may (256 frames here) at once, through no fault of the
+    // client. Queued in one round, they filled the queue before its writer
+    // ran once, and a client reading as fast as it could was closed 1013
+    // "slow consumer".
+    let a = cluster_node("a", |c| c.peer_batch_bytes = 2048);
+    let b = cluster_node("b", |c| {
+        c.workers = 1;
+        c.queue_frames = 256;
+    });
+    mesh(&[("a", &a), ("b", &b)]).await;
+    let mut ws = connect(b.addr, &token(1)).await;
+    subscribe(&mut ws, groups(&["job_events-1"])).await;
+    const EVENTS: u64 = 2000;
+    emit_batch(a.addr, "a", "job_events-1", 0..EVENTS).await;
+    let got = collect(&mut ws, EVENTS as usize).await;
+    assert_exactly_once_in_order(&got, &["a"], EVENTS);
+    assert_eq!(
+        labelled(
+            b.addr,
+            "wsrelay_server_closes_total{reason=\"slow_consumer\"}"
+        )
+        .await,
+        0
+    );
+}

@@ -78,6 +78,9 @@ struct Subscriber {
     observer: bool,
     /// The writer, waiting for bytes to write.
     waker: Option<Waker>,
+    /// What the waiting writer waits for: 0, any frame in an empty queue
+    /// (`poll_pending`); otherwise this many frames queued (`poll_batch`).
+    wake_at: usize,
     /// The session, waiting to learn that a close was queued.
     close_waker: Option<Waker>,
 }
@@ -136,6 +139,7 @@ impl Hub {
             groups: BTreeSet::new(),
             observer,
             waker: None,
+            wake_at: 0,
             close_waker: None,
         })
     }
@@ -260,8 +264,12 @@ impl Hub {
                 }
                 Push::Closed => false,
             };
+            // A writer pacing its writes wakes early once a whole batch
+            // is waiting: a burst must not fill the queue while it sleeps.
+            let wake = wake || (sub.wake_at > 0 && sub.queue.len() >= sub.wake_at);
             if wake {
                 if let Some(w) = sub.waker.take() {
+                    sub.wake_at = 0;
                     w.wake();
                 }
             }
@@ -353,9 +361,25 @@ impl Hub {
         let sub = &mut self.subs[id];
         if sub.queue.is_empty() {
             sub.waker = Some(cx.waker().clone());
+            sub.wake_at = 0;
             Poll::Pending
         } else {
             Poll::Ready(())
+        }
+    }
+
+    /// Ready when `id` holds at least `frames` frames (queued or in
+    /// flight) or is closing; otherwise remembers the waker. For a writer
+    /// that paces its writes: it waits out its interval unless a whole
+    /// batch is there to write.
+    pub fn poll_batch(&mut self, id: SubId, frames: usize, cx: &mut Context<'_>) -> Poll<()> {
+        let sub = &mut self.subs[id];
+        if sub.queue.len() >= frames || sub.queue.is_closing() {
+            Poll::Ready(())
+        } else {
+            sub.waker = Some(cx.waker().clone());
+            sub.wake_at = frames.max(1);
+            Poll::Pending
         }
     }
 }

@@ -614,18 +614,18 @@ impl Session<'_> {
             // Pacing: a write soon after the last one waits out the
             // interval, so that under a flood one syscall (and one wake-up of
             // the reader) carries everything that arrived meanwhile, while a
-            // write after a quiet spell goes at once. Skipped when a full
-            // batch is already waiting or the connection is closing.
+            // write after a quiet spell goes at once. Cut short once a full
+            // batch is waiting or the connection is closing: a burst queued
+            // meanwhile could otherwise fill the queue of a client that
+            // keeps up, and close it as a slow consumer.
             let interval = self.worker.ctx.config.client_write_interval;
             if let Some(due) = last_write.map(|t| t + interval) {
                 if Instant::now() < due {
-                    let (full, closing) = {
-                        let mut hub = self.worker.hub.borrow_mut();
-                        let q = hub.queue_mut(self.id);
-                        (q.len() >= IOVECS, q.is_closing())
-                    };
-                    if !full && !closing {
-                        tokio::time::sleep_until(due).await;
+                    let batch =
+                        poll_fn(|cx| self.worker.hub.borrow_mut().poll_batch(self.id, IOVECS, cx));
+                    tokio::select! {
+                        () = batch => {}
+                        () = tokio::time::sleep_until(due) => {}
                     }
                 }
             }

@@ -4,6 +4,7 @@
 //! events.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use super::stream::Stream;
+use super::stream::{Stream, IOVECS};
 use super::{conn, Io, Listener, NodeContext};
 use crate::fanout::{DeliveryStats, Event, Hub, RouteDelta};
 use crate::metrics::ServerClose;
@@ -230,18 +231,60 @@ async fn close_everyone(worker: &Worker) {
     }
 }
 
-/// Drains the inbox into the hub, a batch of batches at a time, and adds
-/// the counts to the metrics once per round rather than once per frame.
+/// Drains the inbox into the hub, and adds the counts to the metrics once
+/// per round rather than once per frame.
+///
+/// Between two turns of the connections' writers it queues at most what
+/// a writer takes in one write (`IOVECS` frames per subscriber) and a
+/// quarter of a queue's bytes; past that it lets the writers go before
+/// queuing more. A backlog in the inbox is this worker's own (its thread
+/// was held up, or a burst came in from a peer or the broker after a
+/// stall upstream); queued all at once it filled a fast client's queue
+/// before its writer ran once, and the client was closed as a slow
+/// consumer for the node's delay. A slice at a time, each written out
+/// before the next is queued, a queue's bound measures its client. An
+/// inbox that empties between arrivals lets the writers go by itself:
+/// steady traffic is never cut into slices.
 async fn deliver(worker: Rc<Worker>, mut inbox: mpsc::Receiver<Vec<Event>>) {
-    let mut batches = Vec::with_capacity(64);
-    while inbox.recv_many(&mut batches, 64).await > 0 {
+    let (cap_frames, cap_bytes) = round_cap(worker.hub.borrow().limits());
+    let mut waiting: VecDeque<std::vec::IntoIter<Event>> = VecDeque::with_capacity(64);
+    let mut received = Vec::with_capacity(64);
+    // Queued since the writers last had a turn.
+    let (mut frames, mut bytes) = (0usize, 0usize);
+    loop {
+        if waiting.is_empty() {
+            let mut waited = false;
+            let n = std::future::poll_fn(|cx| {
+                let p = inbox.poll_recv_many(cx, &mut received, 64);
+                waited |= p.is_pending();
+                p
+            })
+            .await;
+            if n == 0 {
+                return;
+            }
+            if waited {
+                // While this task waited for the inbox, the writers had
+                // their turn.
+                (frames, bytes) = (0, 0);
+            }
+            waiting.extend(received.drain(..).map(Vec::into_iter));
+        }
         let mut stats = DeliveryStats::default();
         let mut delta = RouteDelta::default();
         {
             let mut hub = worker.hub.borrow_mut();
-            for batch in batches.drain(..) {
-                for event in batch {
+            'round: while let Some(mut batch) = waiting.pop_front() {
+                for event in batch.by_ref() {
+                    frames += 1;
+                    bytes += event.frame.len();
                     hub.deliver_at(&event.group, &event.frame, event.at, &mut stats, &mut delta);
+                    if frames >= cap_frames || bytes >= cap_bytes {
+                        if batch.len() > 0 {
+                            waiting.push_front(batch);
+                        }
+                        break 'round;
+                    }
                 }
             }
         }
@@ -258,6 +301,37 @@ async fn deliver(worker: Rc<Worker>, mut inbox: mpsc::Receiver<Vec<Event>>) {
         if stats.slow_disconnects > 0 {
             m.server_close(ServerClose::SlowConsumer)
                 .inc_by(stats.slow_disconnects);
+        }
+        if frames >= cap_frames || bytes >= cap_bytes {
+            let_writers_go(worker.ctx.io).await;
+            (frames, bytes) = (0, 0);
+        }
+    }
+}
+
+/// What one delivery round may queue for a subscriber of every group in
+/// it: what its writer takes in one write, and a quarter of its queue's
+/// bytes (at least one event, so a round always moves).
+fn round_cap(limits: crate::fanout::QueueLimits) -> (usize, usize) {
+    (
+        IOVECS.min(limits.max_frames / 4).max(1),
+        (limits.max_bytes / 4).max(1),
+    )
+}
+
+/// Lets the writers this round woke write before the next round queues
+/// more. On epoll a yield is enough: their writes are syscalls made when
+/// they run. On io_uring their writes are only submitted when the thread
+/// parks, which a yield never lets it do (tokio polls the driver without
+/// parking while work is deferred); a no-op of the ring's own waits for
+/// that park, and so for the writes submitted with it.
+async fn let_writers_go(io: super::Io) {
+    match io {
+        super::Io::Epoll => tokio::task::yield_now().await,
+        super::Io::Uring => {
+            if tokio_uring::no_op().await.is_err() {
+                tokio::task::yield_now().await;
+            }
         }
     }
 }

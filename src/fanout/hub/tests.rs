@@ -173,6 +173,22 @@ fn writer_wakeups() {
         "one wake per empty->non-empty"
     );
     assert!(hub.poll_pending(id, &mut cx).is_ready());
+    // A writer pacing its writes waits for a whole batch: not woken by
+    // the frames before it, woken by the one that completes it, once.
+    assert!(hub.poll_batch(id, 5, &mut cx).is_pending());
+    hub.deliver("g", &f, &mut stats, &mut delta);
+    hub.deliver("g", &f, &mut stats, &mut delta);
+    assert_eq!(count.0.load(Ordering::SeqCst), 1, "4 of 5 frames");
+    hub.deliver("g", &f, &mut stats, &mut delta);
+    assert_eq!(count.0.load(Ordering::SeqCst), 2, "the fifth");
+    hub.deliver("g", &f, &mut stats, &mut delta);
+    assert_eq!(count.0.load(Ordering::SeqCst), 2, "woken once");
+    assert!(hub.poll_batch(id, 5, &mut cx).is_ready());
+    // And by a close, whatever the count.
+    assert!(hub.poll_batch(id, 50, &mut cx).is_pending());
+    hub.close(id, 1000, "bye", &mut delta);
+    assert_eq!(count.0.load(Ordering::SeqCst), 3, "the close");
+    assert!(hub.poll_batch(id, 50, &mut cx).is_ready());
 }
 
 /// The status page's tail: under a disconnecting node it drops its own
