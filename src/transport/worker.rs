@@ -23,6 +23,10 @@ pub(crate) struct Worker {
     pub index: usize,
     pub hub: RefCell<Hub>,
     pub ctx: Arc<NodeContext>,
+    /// Taken from the inbox by the delivery loop, not yet handed to the
+    /// hub (a backlog waiting for its next slice): shutdown waits for it
+    /// as for the inbox.
+    pub held: std::cell::Cell<bool>,
 }
 
 impl Worker {
@@ -82,6 +86,7 @@ pub(crate) fn spawn_worker(
                 index,
                 hub: RefCell::new(hub),
                 ctx,
+                held: Default::default(),
             });
             match io {
                 Io::Epoll => {
@@ -213,7 +218,9 @@ async fn close_everyone(worker: &Worker) {
     ctx.shutting_down
         .store(true, std::sync::atomic::Ordering::Release);
     let deadline = tokio::time::Instant::now() + ctx.config.shutdown_grace;
-    while !ctx.router.inbox_is_empty(worker.index) && tokio::time::Instant::now() < deadline {
+    while (!ctx.router.inbox_is_empty(worker.index) || worker.held.get())
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let mut delta = RouteDelta::default();
@@ -302,6 +309,7 @@ async fn deliver(worker: Rc<Worker>, mut inbox: mpsc::Receiver<Vec<Event>>) {
             m.server_close(ServerClose::SlowConsumer)
                 .inc_by(stats.slow_disconnects);
         }
+        worker.held.set(!waiting.is_empty());
         if frames >= cap_frames || bytes >= cap_bytes {
             let_writers_go(worker.ctx.io).await;
             (frames, bytes) = (0, 0);
