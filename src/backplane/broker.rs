@@ -923,14 +923,6 @@ async fn publish(
         };
         match outcome {
             Ok(Ok(())) => {
-                if started.elapsed() > Duration::from_millis(30) {
-                    tracing::warn!(
-                        ms = started.elapsed().as_millis() as u64,
-                        msgs = msgs.len(),
-                        events = batch.len(),
-                        "DEBUG slow publish"
-                    );
-                }
                 ctx.m
                     .publish_seconds
                     .observe(started.elapsed().as_secs_f64());
@@ -1081,18 +1073,9 @@ async fn deliver(
     }
     let _ = saving.send(true);
     let mut lost_at: Option<Instant> = None;
-    let mut last_msg = Instant::now();
     while let Some(incoming) = rx.recv().await {
         match incoming {
             Incoming::Message(msg) => {
-                if last_msg.elapsed() > Duration::from_millis(50) {
-                    tracing::warn!(
-                        gap_ms = last_msg.elapsed().as_millis() as u64,
-                        queued = rx.len(),
-                        "DEBUG receive gap"
-                    );
-                }
-                last_msg = Instant::now();
                 if deliver_one(&ctx, &msg.subject, &msg.payload, false)
                     .await
                     .is_err()
