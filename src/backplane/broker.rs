@@ -858,8 +858,10 @@ async fn publish(
         let Some(last) = batch.last().map(|p| p.seq) else {
             continue;
         };
-        let js_stream = stream.borrow().clone();
-        let max = budget(&client, js_stream.as_ref());
+        let (max, use_js) = {
+            let stream = stream.borrow();
+            (budget(&client, stream.as_ref()), stream.is_some())
+        };
         let (msgs, too_big) = messages(&ctx.bp.node_id, ctx.bp.incarnation, &batch, max);
         if too_big > 0 {
             ctx.m.lost.inc_by(too_big as u64);
@@ -869,7 +871,6 @@ async fn publish(
                 "broker: events bigger than the broker's largest message were not published"
             );
         }
-        let use_js = js_stream.is_some();
         let round_of = rounds(&msgs);
         let last_round = round_of.iter().copied().max().unwrap_or(0);
         let losses_before = *losses.borrow_and_update();
@@ -932,7 +933,8 @@ async fn publish(
             Ok(Err(e)) if too_large(&*e) => {
                 // The stream's limit may have been lowered since it was
                 // found: read again, the next attempt is built to it.
-                if let Some(mut js_stream) = js_stream {
+                let found = stream.borrow().clone();
+                if let Some(mut js_stream) = found {
                     if let Ok(Ok(_)) = tokio::time::timeout(s.ack_timeout, js_stream.info()).await {
                         *stream.borrow_mut() = Some(js_stream);
                     }
@@ -942,6 +944,9 @@ async fn publish(
                     tracing::warn!(error = %e, was = max, now, "broker: its largest message changed; resending in messages that fit");
                     ctx.m.retry("error");
                     sink.connected(Some(acked));
+                    // As after any failed publish: a broker whose limit
+                    // keeps changing gets no tight loop.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
                 // Not a passing fault: the same messages would be refused
