@@ -556,6 +556,35 @@ async fn a_publish_cut_off_before_its_acknowledgement_is_sent_again_at_once() {
     assert_eq!(metric(a.addr, "wsrelay_broker_events_lost_total").await, 0);
 }
 
+/// Emits `{"n": 0..total, "pad": ...}` to `job_events-1` on `a`, `per` a
+/// request, each event padded by `pad(n)` bytes; checks that a client on
+/// `b` gets every one in order and that `a` lost none; returns the broker
+/// messages `a` published.
+async fn padded_storm(
+    a: &TestNode,
+    b: &TestNode,
+    total: u64,
+    per: u64,
+    pad: impl Fn(u64) -> usize,
+) -> u64 {
+    let mut ws = connect(b.addr, &token(1)).await;
+    subscribe(&mut ws, json!({"job_events": [1]})).await;
+    for start in (0..total).step_by(per as usize) {
+        let chunk: Vec<_> = (start..(start + per).min(total))
+            .map(|n| {
+                let pad = "x".repeat(pad(n));
+                ("job_events-1".to_owned(), json!({"n": n, "pad": pad}))
+            })
+            .collect();
+        emit_batch(a.addr, &chunk).await;
+    }
+    for want in 0..total {
+        assert_eq!(next_n(&mut ws).await, want);
+    }
+    assert_eq!(metric(a.addr, "wsrelay_broker_events_lost_total").await, 0);
+    metric(a.addr, "wsrelay_broker_messages_published_total").await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_filled_to_the_brokers_max_payload_are_all_published() {
     // A small max_payload and events of many sizes: the publisher fills
@@ -566,23 +595,8 @@ async fn messages_filled_to_the_brokers_max_payload_are_all_published() {
     let (a, b) = (broker_node("a", &nats), broker_node("b", &nats));
     broker_ready(&a, true).await;
     broker_ready(&b, true).await;
-    let mut ws = connect(b.addr, &token(1)).await;
-    subscribe(&mut ws, json!({"job_events": [1]})).await;
     let total = 1500u64;
-    for start in (0..total).step_by(50) {
-        let chunk: Vec<_> = (start..start + 50)
-            .map(|n| {
-                let pad = "x".repeat(100 + (n as usize * 37) % 400);
-                ("job_events-1".to_owned(), json!({"n": n, "pad": pad}))
-            })
-            .collect();
-        emit_batch(a.addr, &chunk).await;
-    }
-    for want in 0..total {
-        assert_eq!(next_n(&mut ws).await, want);
-    }
-    assert_eq!(metric(a.addr, "wsrelay_broker_events_lost_total").await, 0);
-    let messages = metric(a.addr, "wsrelay_broker_messages_published_total").await;
+    let messages = padded_storm(&a, &b, total, 50, |n| 100 + (n as usize * 37) % 400).await;
     assert!(
         messages > 20,
         "{messages} messages for {total} events of up to 500 B"
@@ -610,24 +624,9 @@ async fn a_stream_made_beforehand_with_a_smaller_message_limit_is_published_to_w
     let (a, b) = (broker_node("a", &nats), broker_node("b", &nats));
     broker_ready(&a, true).await;
     broker_ready(&b, true).await;
-    let mut ws = connect(b.addr, &token(1)).await;
-    subscribe(&mut ws, json!({"job_events": [1]})).await;
     let total = 600u64;
-    for start in (0..total).step_by(100) {
-        let chunk: Vec<_> = (start..start + 100)
-            .map(|n| {
-                let pad = "x".repeat(200 + (n as usize * 53) % 300);
-                ("job_events-1".to_owned(), json!({"n": n, "pad": pad}))
-            })
-            .collect();
-        emit_batch(a.addr, &chunk).await;
-    }
-    for want in 0..total {
-        assert_eq!(next_n(&mut ws).await, want);
-    }
-    assert_eq!(metric(a.addr, "wsrelay_broker_events_lost_total").await, 0);
+    let messages = padded_storm(&a, &b, total, 100, |n| 200 + (n as usize * 53) % 300).await;
     // At least one message per 4 KiB of the events' bytes (about 250 KB).
-    let messages = metric(a.addr, "wsrelay_broker_messages_published_total").await;
     assert!(
         messages >= 60,
         "{messages} messages for {total} events of up to 550 B"
