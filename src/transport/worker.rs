@@ -26,7 +26,7 @@ pub(crate) struct Worker {
     /// Taken from the inbox by the delivery loop, not yet handed to the
     /// hub (a backlog waiting for its next slice): shutdown waits for it
     /// as for the inbox.
-    pub held: std::cell::Cell<bool>,
+    pub backlog: RefCell<VecDeque<std::vec::IntoIter<Event>>>,
 }
 
 impl Worker {
@@ -86,7 +86,7 @@ pub(crate) fn spawn_worker(
                 index,
                 hub: RefCell::new(hub),
                 ctx,
-                held: Default::default(),
+                backlog: Default::default(),
             });
             match io {
                 Io::Epoll => {
@@ -218,7 +218,7 @@ async fn close_everyone(worker: &Worker) {
     ctx.shutting_down
         .store(true, std::sync::atomic::Ordering::Release);
     let deadline = tokio::time::Instant::now() + ctx.config.shutdown_grace;
-    while (!ctx.router.inbox_is_empty(worker.index) || worker.held.get())
+    while (!ctx.router.inbox_is_empty(worker.index) || !worker.backlog.borrow().is_empty())
         && tokio::time::Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -254,12 +254,11 @@ async fn close_everyone(worker: &Worker) {
 /// steady traffic is never cut into slices.
 async fn deliver(worker: Rc<Worker>, mut inbox: mpsc::Receiver<Vec<Event>>) {
     let (cap_frames, cap_bytes) = round_cap(worker.hub.borrow().limits());
-    let mut waiting: VecDeque<std::vec::IntoIter<Event>> = VecDeque::with_capacity(64);
     let mut received = Vec::with_capacity(64);
     // Queued since the writers last had a turn.
     let (mut frames, mut bytes) = (0usize, 0usize);
     loop {
-        if waiting.is_empty() {
+        if worker.backlog.borrow().is_empty() {
             let mut waited = false;
             let n = std::future::poll_fn(|cx| {
                 let p = inbox.poll_recv_many(cx, &mut received, 64);
@@ -275,12 +274,16 @@ async fn deliver(worker: Rc<Worker>, mut inbox: mpsc::Receiver<Vec<Event>>) {
                 // their turn.
                 (frames, bytes) = (0, 0);
             }
-            waiting.extend(received.drain(..).map(Vec::into_iter));
+            worker
+                .backlog
+                .borrow_mut()
+                .extend(received.drain(..).map(Vec::into_iter));
         }
         let mut stats = DeliveryStats::default();
         let mut delta = RouteDelta::default();
-        {
+        let cut = {
             let mut hub = worker.hub.borrow_mut();
+            let mut waiting = worker.backlog.borrow_mut();
             'round: while let Some(mut batch) = waiting.pop_front() {
                 for event in batch.by_ref() {
                     frames += 1;
@@ -294,7 +297,8 @@ async fn deliver(worker: Rc<Worker>, mut inbox: mpsc::Receiver<Vec<Event>>) {
                     }
                 }
             }
-        }
+            frames >= cap_frames || bytes >= cap_bytes
+        };
         worker.publish(&delta);
         let m = &worker.ctx.metrics;
         m.delivery_rounds[worker.index].inc();
@@ -309,8 +313,7 @@ async fn deliver(worker: Rc<Worker>, mut inbox: mpsc::Receiver<Vec<Event>>) {
             m.server_close(ServerClose::SlowConsumer)
                 .inc_by(stats.slow_disconnects);
         }
-        worker.held.set(!waiting.is_empty());
-        if frames >= cap_frames || bytes >= cap_bytes {
+        if cut {
             let_writers_go(worker.ctx.io).await;
             (frames, bytes) = (0, 0);
         }
